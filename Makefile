@@ -1,0 +1,52 @@
+# podnet.fabric - see README.md. All targets run as root on a Debian 12 machine.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_PYTHON_INTERPRETER := $(VENV)/bin/python
+export ANSIBLE_FORCE_COLOR := 0
+SCENARIO ?= default
+BENCH ?= ipam
+COLL := build/ansible_collections/podnet/fabric
+
+.PHONY: bootstrap demo down test sanity lint unit integration molecule bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	ansible-playbook -i inventories/lab playbooks/lab_up.yml
+	ansible-playbook -i inventories/lab playbooks/site.yml
+	@ansible-playbook -i inventories/lab playbooks/summary.yml | sed -n '/podnet cluster/,/^$$/p' | sed 's/^ *//'
+
+down: bootstrap
+	ansible-playbook -i inventories/lab playbooks/lab_down.yml
+
+test: bootstrap
+	$(MAKE) sanity lint unit integration
+	$(MAKE) molecule SCENARIO=default
+	@echo "make test: all suites passed"
+
+# ansible-test needs the collection at ansible_collections/<ns>/<name>: test a copy of the tracked files.
+sanity:
+	rm -rf build/ansible_collections && mkdir -p $(COLL)
+	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(COLL)/
+	cd $(COLL) && git init -q . && git add -A && ansible-test sanity --venv --requirements --python 3.11 --color no
+
+lint:
+	ansible-lint --profile production --nocolor
+
+unit:
+	scripts/pytest.sh tests/unit
+
+integration:
+	scripts/pytest.sh tests/integration
+
+molecule:
+	molecule test -s $(SCENARIO)
+
+bench:
+	python bench/$(BENCH).py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# Apache License 2.0 (see LICENSE)
+"""Controller-side validation of the whole cluster inventory, before any node is touched."""
+from __future__ import annotations
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.podnet.fabric.plugins.module_utils import inventory
+
+CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
+NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs', 'podnet_instance')
+
+
+def _plain(value):
+    """Template results as plain Python containers (the validator compares them exactly)."""
+    if isinstance(value, dict):
+        return dict((str(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(('group',))
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        group = self._task.args.get('group', 'podnet_nodes')
+        hosts = sorted(task_vars['groups'].get(group, []))
+        hostvars = task_vars['hostvars']
+        template_errors = []
+
+        def take(host, keys):
+            out = {}
+            hv = hostvars[host]
+            for key in keys:
+                if key not in hv:
+                    continue
+                try:
+                    out[key] = _plain(hv[key])
+                except AnsibleError as e:
+                    template_errors.append('%s: %s: cannot be templated: %s' % (host, key, e.message))
+            return out
+
+        nodes = dict((h, take(h, NODE_KEYS + CLUSTER_KEYS)) for h in hosts)
+        cluster_vars = dict(nodes[hosts[0]]) if hosts else {}
+        for key in NODE_KEYS:
+            cluster_vars.pop(key, None)
+        if template_errors:
+            errors = template_errors
+        else:
+            try:
+                model = inventory.validate(cluster_vars, nodes)
+                errors = []
+            except inventory.InventoryError as e:
+                errors = list(e.errors)
+        result['changed'] = False
+        if errors:
+            result['failed'] = True
+            result['errors'] = errors
+            result['msg'] = 'podnet inventory: %d error%s, no node was changed:\n%s' % (
+                len(errors), '' if len(errors) == 1 else 's', '\n'.join(errors))
+            return result
+        result['model'] = model
+        result['ansible_facts'] = {'podnet_model': model}
+        result['msg'] = 'podnet inventory: %d nodes, ipam %s, routing %s' % (
+            len(model['nodes']), model['ipam']['mode'], model['routing']['mode'])
+        return result

@@ -1,0 +1,160 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# Apache License 2.0 (see LICENSE)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: host_device
+short_description: Reconcile a node's pod-network host device (a veth pair)
+version_added: 0.1.0
+description:
+  - Creates, repairs or removes the node's host device, a veth pair (default C(podnet_host) and
+    C(podnet_net)), the podnet equivalent of Cilium's C(cilium_host)/C(cilium_net).
+  - C(podnet_host) holds the router (gateway) IP of each of the node's pod CIDRs when O(addresses)
+    is given; addresses not in the list are removed from it (the device is ours).
+  - A veth pair rather than a dummy device because not every kernel has the dummy driver.
+author:
+  - podnet.fabric contributors
+options:
+  name:
+    description: Name of the host side of the pair.
+    type: str
+    default: podnet_host
+  peer:
+    description: Name of the other side of the pair.
+    type: str
+    default: podnet_net
+  mtu:
+    description:
+      - MTU of both sides. C(0) means the MTU of the underlay device (the device holding
+        O(underlay_ip)) minus O(overhead).
+    type: int
+    default: 0
+  overhead:
+    description: Bytes to subtract from the underlay MTU when O(mtu=0), for example 50 for VXLAN.
+    type: int
+    default: 0
+  underlay_ip:
+    description: The node's underlay address; required when O(mtu=0) and O(state=present).
+    type: str
+  addresses:
+    description:
+      - Addresses (C(address/prefix)) that C(podnet_host) must hold, exactly. Omit to leave the
+        device's addresses alone.
+    type: list
+    elements: str
+  state:
+    description: Whether the device exists.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - Needs pyroute2 0.9 or later on the node; run it with the podnet interpreter.
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+'''
+
+EXAMPLES = r'''
+- name: Host device with the MTU of a VXLAN overlay
+  podnet.fabric.host_device:
+    underlay_ip: "{{ podnet_node_ip }}"
+    overhead: 50
+
+- name: Host device holding the node's router IPs
+  podnet.fabric.host_device:
+    mtu: 1450
+    addresses: [10.244.1.1/32]
+
+- name: Remove it
+  podnet.fabric.host_device:
+    state: absent
+'''
+
+RETURN = r'''
+plan:
+  description: The actions taken, or that would be taken in check mode.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{action: create, name: podnet_host, peer: podnet_net, mtu: 1450}]
+state:
+  description: The host device pair after the run (projected in check mode).
+  returned: always
+  type: dict
+  sample: {host: {name: podnet_host, mtu: 1450, up: true, addresses: []}, peer: {name: podnet_net}}
+mtu:
+  description: The MTU the pair was given.
+  returned: always
+  type: int
+  sample: 1450
+'''
+
+import ipaddress
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.podnet.fabric.plugins.module_utils import host_device, netlink
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+
+
+def _canonical(module, addresses):
+    out = []
+    for a in addresses:
+        try:
+            iface = ipaddress.ip_interface(a)
+        except ValueError:
+            module.fail_json(msg='addresses: %r is not an address/prefix' % (a,))
+        out.append(str(iface))
+    return sorted(set(out))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type='str', default='podnet_host'),
+            peer=dict(type='str', default='podnet_net'),
+            mtu=dict(type='int', default=0),
+            overhead=dict(type='int', default=0),
+            underlay_ip=dict(type='str'),
+            addresses=dict(type='list', elements='str'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+        ),
+        supports_check_mode=True,
+    )
+    netlink.require_pyroute2(module)
+    p = module.params
+    with netlink.IPRoute() as ipr:
+        mtu = p['mtu']
+        if p['state'] == 'present' and mtu == 0:
+            if not p['underlay_ip']:
+                module.fail_json(msg='underlay_ip: required when mtu is 0 (auto)')
+            dev = netlink.device_for_address(ipr, p['underlay_ip'])
+            if dev is None:
+                module.fail_json(msg='underlay_ip: %s is not on any device of this node' % p['underlay_ip'])
+            mtu = dev['mtu'] - p['overhead']
+        if p['state'] == 'present' and not 68 <= mtu <= 65535:
+            module.fail_json(msg='mtu: %d is not a valid MTU' % mtu)
+        desired = dict(name=p['name'], peer=p['peer'], mtu=mtu, state=p['state'],
+                       addresses=None if p['addresses'] is None else _canonical(module, p['addresses']))
+
+        def read():
+            return {'host': netlink.get_link(ipr, p['name']), 'peer': netlink.get_link(ipr, p['peer'])}
+
+        result = Reconciler(
+            module, read,
+            plan=lambda realized: host_device.plan(desired, realized),
+            apply=lambda actions: host_device.apply(ipr, actions),
+            project=lambda realized, actions: host_device.project(desired, realized, actions),
+        ).run(mtu=mtu)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
