@@ -1,0 +1,1001 @@
+# -*- coding: utf-8 -*-
+"""The cluster inventory model: validate and normalize the whole inventory.
+
+``validate(cluster_vars, nodes)`` returns the normalized model (DESIGN.md sections 4 and 5,
+docs/architecture.md "The validated model") or raises ``InventoryError`` listing EVERY problem
+found, each as ``"<host or all>: <key path>: <message>"``.
+
+Two passes, in the style of linux-system-roles/network's argument validator:
+
+1. a walk over a small declarative schema (plain dicts: type, choices, default, children) that
+   type-checks, rejects unknown keys and fills in defaults, so every later comparison is between
+   canonical values (ints are ints, CIDRs are ``ipaddress`` text);
+2. semantic checks, one function per concern, over the normalized values.
+
+Pure Python, stdlib only: this file is shipped to nodes as module_utils and must run on 3.8.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import difflib
+import ipaddress
+import re
+
+CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
+NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs',
+             'podnet_instance')
+
+IPAM_MODES = ('cluster-pool', 'kubernetes', 'multi-pool', 'crd', 'eni')
+ROUTING_MODES = ('tunnel', 'native', 'eni')
+TUNNEL_PORTS = {'vxlan': 8472, 'geneve': 6081}
+DEFAULT_CLUSTER_NAME = 'default'
+
+ALL = 'all'
+
+
+class InventoryError(Exception):
+    """The inventory is invalid. ``errors`` lists every problem, sorted by host then key path."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super(InventoryError, self).__init__(
+            'the inventory has %d error%s:\n%s' % (
+                len(self.errors), '' if len(self.errors) == 1 else 's',
+                '\n'.join('  - ' + e for e in self.errors)))
+
+
+# Sentinels. _INVALID marks a value that failed validation (its error is already recorded), so
+# semantic checks can skip it instead of piling follow-up errors onto one mistake.
+class _Sentinel(object):
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+_INVALID = _Sentinel('<invalid>')
+_OMIT = _Sentinel('<omit>')        # schema default: leave the key out of the normalized dict
+_ABSENT = _Sentinel('<absent>')    # a host that does not carry a cluster-level key
+_MISSING_DICT = _Sentinel('<fill from children>')   # a dict default built from its children
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+def _natural(text):
+    """Sort key that puts node2 before node10 and cidrs[2] before cidrs[10]."""
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', str(text))]
+
+
+def _host_order(hosts):
+    return sorted(hosts, key=_natural)
+
+
+def _show(value):
+    """A user value as it appears in messages: strings repr-quoted, scalars YAML-ish."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if value is None:
+        return 'null'
+    if isinstance(value, str):
+        return repr(str(value))
+    return str(value)
+
+
+def _kind(value):
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return 'a boolean'
+    if isinstance(value, dict):
+        return 'a mapping'
+    if isinstance(value, (list, tuple)):
+        return 'a list'
+    if isinstance(value, int):
+        return 'an integer'
+    if isinstance(value, float):
+        return 'a float'
+    if isinstance(value, str):
+        return 'a string'
+    return 'a %s' % type(value).__name__
+
+
+def _not_a(value, what):
+    if value is None or isinstance(value, (dict, list, tuple)):
+        return 'expected %s, got %s' % (what, _kind(value))
+    return '%s is not %s' % (_show(value), what)
+
+
+def _join(path, key):
+    return '%s.%s' % (path, key) if path else str(key)
+
+
+def _plain(value):
+    """Copy a YAML/Ansible value into plain dict/list/str (Ansible hands us str/dict subclasses)."""
+    if isinstance(value, dict):
+        return dict((str(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _ok(*values):
+    return all(v is not _INVALID and v is not None for v in values)
+
+
+class _Errors(object):
+    def __init__(self):
+        self.items = []
+
+    def add(self, host, path, message):
+        self.items.append((host, path, message))
+
+    def sorted(self):
+        seen = set()
+        out = []
+        for host, path, message in sorted(
+                self.items, key=lambda e: (e[0] != ALL, _natural(e[0]), _natural(e[1]))):
+            line = '%s: %s: %s' % (host, path, message)
+            if line not in seen:
+                seen.add(line)
+                out.append(line)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar checks referenced from the schema; each returns an error message or None
+
+_DNS_LABEL = re.compile(r'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')
+_LABEL_NAME = re.compile(r'^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$')
+_DNS_SUBDOMAIN = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+
+
+def _check_dns_label(value):
+    if not _DNS_LABEL.match(value):
+        return ('%s is not a DNS label (lowercase letters, digits and \'-\', '
+                'at most 63 characters)' % _show(value))
+    return None
+
+
+def _check_ifname(value):
+    if not 0 < len(value) <= 15 or value in ('.', '..') or re.search(r'[/:\s]', value):
+        return '%s is not a valid interface name' % _show(value)
+    return None
+
+
+def _check_abs_path(value):
+    if not value.startswith('/'):
+        return '%s is not an absolute path' % _show(value)
+    return None
+
+
+def _check_url(value):
+    if not re.match(r'^https?://[^/\s]+', value):
+        return '%s is not an http(s) URL' % _show(value)
+    return None
+
+
+def _aws_id(prefix, what):
+    pattern = re.compile(r'^%s-[0-9a-f]+$' % prefix)
+
+    def check(value):
+        if not pattern.match(value):
+            return '%s is not %s (%s-...)' % (_show(value), what, prefix)
+        return None
+    return check
+
+
+def _check_label_key(value):
+    prefix, _, name = value.rpartition('/')
+    if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) \
+            or not _LABEL_NAME.match(name):
+        return '%s is not a valid label key' % _show(value)
+    return None
+
+
+def _check_label_value(value):
+    if value and not _LABEL_NAME.match(value):
+        return '%s is not a valid label value' % _show(value)
+    return None
+
+
+def _check_mtu(value):
+    if value != 0 and not 1280 <= value <= 65535:
+        return '%d is not 0 (auto) or in 1280..65535' % value
+    return None
+
+
+def _check_hold_time(value):
+    if value != 0 and not 3 <= value <= 65535:
+        return '%d is not 0 or in 3..65535' % value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema (DESIGN.md section 4 keys, section 5 defaults)
+#
+# type:     str | int | bool | ip | cidr | list | dict | map | raw
+# default:  value used when the key is missing or null; a dict-typed key without 'default' is
+#           filled from its children's defaults; None makes the key nullable (off by default);
+#           _OMIT leaves it out. Defaults that depend on other keys are None here and filled by
+#           _complete().
+# required: missing/null is an error
+# children: dict keys (unknown keys are errors unless extra='allow'); elements: list items;
+#           keys/values: free-form mapping (map) key and value schemas
+# choices, min, max, family (4/6 for ip and cidr), check (callable -> message or None)
+
+_ASN = {'type': 'int', 'min': 1, 'max': 4294967295}
+_TAGS = {'type': 'map', 'keys': {'type': 'str'}, 'values': {'type': 'str'}, 'default': {}}
+
+
+def _pool_family(family, cidrs_default=None):
+    return {
+        'type': 'dict',
+        'children': {
+            'cidrs': (
+                {'type': 'list', 'elements': {'type': 'cidr', 'family': family},
+                 'default': cidrs_default}
+                if cidrs_default is not None else
+                {'type': 'list', 'elements': {'type': 'cidr', 'family': family},
+                 'required': True}),
+            'mask_size': {'type': 'int', 'min': 1, 'default': 24 if family == 4 else 120},
+        },
+    }
+
+
+_POOL = {
+    'type': 'dict',
+    'children': {
+        'ipv4': dict(_pool_family(4), default=None),
+        'ipv6': dict(_pool_family(6), default=None),
+    },
+}
+
+CLUSTER_SCHEMA = {
+    'podnet_cluster': {
+        'type': 'dict',
+        'children': {
+            'name': {'type': 'str', 'default': DEFAULT_CLUSTER_NAME, 'check': _check_dns_label},
+            'id': {'type': 'int', 'min': 0, 'max': 255, 'default': 0},
+        },
+    },
+    'podnet_ipam': {
+        'type': 'dict',
+        'children': {
+            'mode': {'type': 'str', 'choices': IPAM_MODES, 'default': 'cluster-pool'},
+            'ledger': {
+                'type': 'dict',
+                'children': {
+                    'backend': {'type': 'str', 'choices': ('file', 's3'), 'default': 'file'},
+                    'path': {'type': 'str', 'default': None, 'check': _check_abs_path},
+                    'bucket': {'type': 'str', 'default': None},
+                    'key': {'type': 'str', 'default': None},
+                    'endpoint_url': {'type': 'str', 'default': None, 'check': _check_url},
+                    'region': {'type': 'str', 'default': None},
+                },
+            },
+            'cluster_pool': {
+                'type': 'dict',
+                'children': {
+                    'ipv4': _pool_family(4, ['10.0.0.0/8']),
+                    'ipv6': dict(_pool_family(6, ['fd00::/104']), default=None),
+                },
+            },
+            'multi_pool': {
+                'type': 'dict',
+                'children': {
+                    'pools': {'type': 'map', 'keys': {'type': 'str'}, 'values': _POOL,
+                              'default': {}},
+                    'pre_allocation': {'type': 'map', 'keys': {'type': 'str'},
+                                       'values': {'type': 'int', 'min': 0}, 'default': None},
+                },
+            },
+            'kubernetes': {
+                'type': 'dict',
+                'children': {
+                    'cluster_cidrs': {'type': 'list', 'elements': {'type': 'cidr'},
+                                      'default': []},
+                },
+            },
+        },
+    },
+    'podnet_routing': {
+        'type': 'dict',
+        'children': {
+            'mode': {'type': 'str', 'choices': ROUTING_MODES, 'default': 'tunnel'},
+            'tunnel': {
+                'type': 'dict',
+                'children': {
+                    'protocol': {'type': 'str', 'choices': ('vxlan', 'geneve'),
+                                 'default': 'vxlan'},
+                    'port': {'type': 'int', 'min': 1, 'max': 65535, 'default': None},
+                    'vni': {'type': 'int', 'min': 1, 'max': 16777215, 'default': 2},
+                },
+            },
+            'native': {
+                'type': 'dict',
+                'children': {
+                    'ipv4_cidr': {'type': 'cidr', 'family': 4, 'default': None},
+                    'auto_direct_node_routes': {'type': 'bool', 'default': False},
+                    'skip_unreachable': {'type': 'bool', 'default': False},
+                    'bgp': {
+                        'type': 'dict',
+                        'default': None,
+                        'children': {
+                            'local_asn': dict(_ASN, required=True),
+                            'peers': {
+                                'type': 'list', 'default': [],
+                                'elements': {
+                                    'type': 'dict',
+                                    'children': {
+                                        'address': {'type': 'ip', 'required': True},
+                                        'asn': dict(_ASN, required=True),
+                                    },
+                                },
+                            },
+                            'speaker': {'type': 'str', 'choices': ('bird', 'frr'),
+                                        'default': 'bird'},
+                            'hold_time': {'type': 'int', 'default': None,
+                                          'check': _check_hold_time},
+                        },
+                    },
+                },
+            },
+            'mtu': {'type': 'int', 'default': 0, 'check': _check_mtu},
+            'masquerade': {'type': 'bool', 'default': True},
+        },
+    },
+    'podnet_eni': {
+        'type': 'dict',
+        'children': {
+            'region': {'type': 'str', 'default': None},
+            'endpoint_url': {'type': 'str', 'default': None, 'check': _check_url},
+            'metadata_url': {'type': 'str', 'default': None, 'check': _check_url},
+            'pre_allocate': {'type': 'int', 'min': 0, 'default': 8},
+            'min_allocate': {'type': 'int', 'min': 0, 'default': 0},
+            'max_above_watermark': {'type': 'int', 'min': 0, 'default': 0},
+            'first_interface_index': {'type': 'int', 'min': 0, 'default': 0},
+            'subnet_ids': {'type': 'list', 'default': [],
+                           'elements': {'type': 'str', 'check': _aws_id('subnet', 'a subnet id')}},
+            'subnet_tags': _TAGS,
+            'security_group_ids': {
+                'type': 'list', 'default': [],
+                'elements': {'type': 'str', 'check': _aws_id('sg', 'a security group id')}},
+            'security_group_tags': _TAGS,
+            'tags': _TAGS,
+        },
+    },
+    # Only type-checked for now: the policy engine owns its rule format.
+    'podnet_policy': {
+        'type': 'dict',
+        'extra': 'allow',
+        'children': {
+            'rules': {'type': 'list', 'elements': {'type': 'raw'}, 'default': _OMIT},
+        },
+    },
+}
+
+NODE_SCHEMA = {
+    'podnet_node_ip': {'type': 'ip', 'family': 4, 'required': True},
+    'podnet_node_device': {'type': 'str', 'default': None, 'check': _check_ifname},
+    'podnet_node_labels': {'type': 'map', 'default': {},
+                           'keys': {'type': 'str', 'check': _check_label_key},
+                           'values': {'type': 'str', 'check': _check_label_value}},
+    'podnet_pod_cidrs': {'type': 'list', 'elements': {'type': 'cidr'}, 'default': []},
+    'podnet_instance': {
+        'type': 'dict',
+        'default': None,
+        'children': {
+            'id': {'type': 'str', 'required': True,
+                   'check': _aws_id('i', 'an EC2 instance id')},
+            'type': {'type': 'str', 'required': True},
+        },
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema walk
+
+_TRUE = ('true', 'yes', 'on', '1')
+_FALSE = ('false', 'no', 'off', '0')
+
+
+def _default_of(schema):
+    if 'default' in schema:
+        default = schema['default']
+        if isinstance(default, (dict, list)):
+            return _plain(default)
+        return default
+    if schema['type'] == 'dict':
+        return _MISSING_DICT
+    return None
+
+
+class _Walker(object):
+    def __init__(self, errors, host):
+        self.errors = errors
+        self.host = host
+
+    def error(self, path, message):
+        self.errors.add(self.host, path, message)
+        return _INVALID
+
+    def missing(self, schema, path):
+        """The value for a key that is missing or null."""
+        if schema.get('required'):
+            return self.error(path, 'is required')
+        default = _default_of(schema)
+        if default is _MISSING_DICT:
+            return self.walk(schema, {}, path)
+        return default
+
+    def walk(self, schema, value, path):
+        if value is None:
+            return self.missing(schema, path)
+        kind = schema['type']
+        result = getattr(self, '_' + kind)(schema, value, path)
+        if result is _INVALID or kind in ('dict', 'list', 'map', 'raw'):
+            return result
+        if 'choices' in schema and result not in schema['choices']:
+            return self.error(path, '%s is not one of: %s' % (
+                _show(result), ', '.join(schema['choices'])))
+        low, high = schema.get('min'), schema.get('max')
+        if low is not None and high is not None and not low <= result <= high:
+            return self.error(path, '%s is out of range (%d..%d)' % (result, low, high))
+        if low is not None and result < low:
+            return self.error(path, '%s is less than %d' % (result, low))
+        if high is not None and result > high:
+            return self.error(path, '%s is more than %d' % (result, high))
+        if 'check' in schema:
+            message = schema['check'](result)
+            if message:
+                return self.error(path, message)
+        return result
+
+    def _str(self, schema, value, path):
+        if not isinstance(value, str):
+            return self.error(path, _not_a(value, 'a string'))
+        return str(value)
+
+    def _int(self, schema, value, path):
+        if isinstance(value, bool):
+            return self.error(path, _not_a(value, 'an integer'))
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, str) and re.match(r'^\s*[-+]?\d+\s*$', value):
+            return int(value)
+        return self.error(path, _not_a(value, 'an integer'))
+
+    def _bool(self, schema, value, path):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).strip().lower() in _TRUE + _FALSE:
+            return str(value).strip().lower() in _TRUE
+        return self.error(path, _not_a(value, 'a boolean'))
+
+    def _ip(self, schema, value, path):
+        family = schema.get('family')
+        what = 'an IPv%d address' % family if family else 'an IP address'
+        if not isinstance(value, str):
+            return self.error(path, _not_a(value, what))
+        try:
+            address = ipaddress.ip_address(str(value).strip())
+        except ValueError:
+            return self.error(path, '%s is not %s' % (_show(value), what))
+        if family and address.version != family:
+            return self.error(path, '%s is not %s (it is IPv%d)' % (
+                _show(value), what, address.version))
+        return str(address)
+
+    def _cidr(self, schema, value, path):
+        family = schema.get('family')
+        what = 'an IPv%d CIDR' % family if family else 'a CIDR'
+        if not isinstance(value, str):
+            return self.error(path, _not_a(value, what))
+        text = str(value).strip()
+        if '/' not in text:
+            return self.error(path, '%s is not %s (no /prefix length)' % (_show(value), what))
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return self.error(path, '%s is not %s' % (_show(value), what))
+        if family and network.version != family:
+            return self.error(path, '%s is an IPv%d CIDR, not IPv%d' % (
+                _show(value), network.version, family))
+        try:
+            ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            return self.error(path, '%s has host bits set (the network is %s)' % (
+                _show(value), network))
+        return str(network)
+
+    def _raw(self, schema, value, path):
+        return _plain(value)
+
+    def _list(self, schema, value, path):
+        if not isinstance(value, (list, tuple)):
+            return self.error(path, _not_a(value, 'a list'))
+        items = []
+        for index, item in enumerate(value):
+            item_path = '%s[%d]' % (path, index)
+            if item is None:
+                items.append(self.error(item_path, _not_a(item, _what(schema['elements']))))
+            else:
+                items.append(self.walk(schema['elements'], item, item_path))
+        return items
+
+    def _map(self, schema, value, path):
+        if not isinstance(value, dict):
+            return self.error(path, _not_a(value, 'a mapping'))
+        result = {}
+        for key in sorted(value, key=lambda k: _natural(str(k))):
+            key_path = _join(path, key)
+            if not isinstance(key, str):
+                self.error(path, 'key %s is not a string' % _show(key))
+                continue
+            key_ok = self.walk(schema['keys'], key, path)
+            item = value[key]
+            if item is None and schema['values']['type'] != 'dict':
+                item = self.error(key_path, _not_a(item, _what(schema['values'])))
+            else:
+                item = self.walk(schema['values'], item, key_path)
+            if key_ok is not _INVALID:
+                result[str(key)] = item
+        return result
+
+    def _dict(self, schema, value, path):
+        if not isinstance(value, dict):
+            return self.error(path, _not_a(value, 'a mapping'))
+        children = schema['children']
+        result = {}
+        for key in value:
+            if key not in children:
+                if schema.get('extra') == 'allow':
+                    result[str(key)] = _plain(value[key])
+                else:
+                    self.error(path, 'unknown key %s (expected one of: %s)' % (
+                        _show(key), ', '.join(sorted(children))))
+        for key, child in children.items():
+            item = self.walk(child, value.get(key), _join(path, key))
+            if item is not _OMIT:
+                result[key] = item
+        return result
+
+
+def _what(schema):
+    return {
+        'str': 'a string', 'int': 'an integer', 'bool': 'a boolean', 'list': 'a list',
+        'dict': 'a mapping', 'map': 'a mapping', 'ip': 'an IP address', 'cidr': 'a CIDR',
+        'raw': 'a value',
+    }[schema['type']]
+
+
+def _check_top_level_keys(values, known, host, errors):
+    """Callers may pass every podnet_* variable; other roles own other ones (podnet_lab_prefix),
+    so only a near miss of one of ours is an error: a typo must not be silently ignored."""
+    for key in values:
+        if not isinstance(key, str) or not key.startswith('podnet_') or key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.9)
+        if close:
+            errors.add(host, key, 'unknown key %s (did you mean %s?)' % (
+                _show(key), _show(close[0])))
+
+
+# ---------------------------------------------------------------------------------------------
+# semantic checks
+
+def _net(text):
+    if text is _INVALID or text is None:
+        return None
+    return ipaddress.ip_network(text)
+
+
+def _nets(texts):
+    """[(index, network)] for the valid CIDRs of a normalized list."""
+    if not isinstance(texts, list):
+        return []
+    return [(i, _net(t)) for i, t in enumerate(texts) if _ok(t)]
+
+
+def _complete(model):
+    """Defaults that depend on other keys."""
+    name = model['cluster']['name']
+    ledger = model['ipam']['ledger']
+    if ledger is not _INVALID and _ok(name):
+        if ledger['backend'] == 'file' and ledger['path'] is None:
+            ledger['path'] = '/var/lib/podnet/ledger/%s.json' % name
+        if ledger['backend'] == 's3' and ledger['key'] is None:
+            ledger['key'] = 'podnet/%s/ledger.json' % name
+    tunnel = model['routing']['tunnel']
+    if tunnel is not _INVALID and tunnel['port'] is None and _ok(tunnel['protocol']):
+        tunnel['port'] = TUNNEL_PORTS[tunnel['protocol']]
+    multi = model['ipam']['multi_pool']
+    if multi is not _INVALID and multi['pre_allocation'] is None:
+        pools = multi['pools']
+        multi['pre_allocation'] = {'default': 8} if _ok(pools) and 'default' in pools else {}
+
+
+def _check_ledger(model, errors):
+    ledger = model['ipam']['ledger']
+    if ledger is _INVALID:
+        return
+    if ledger['backend'] == 's3' and ledger['bucket'] is None:
+        errors.add(ALL, 'podnet_ipam.ledger.bucket', "required when backend is 's3'")
+
+
+def _check_family_block(block, path, family, errors):
+    """One {cidrs, mask_size} block: overlaps inside it and a mask that fits its CIDRs.
+    Returns (networks, mask_size) when the block is sound enough to count blocks in."""
+    if not _ok(block):
+        return None
+    cidrs = block['cidrs']
+    nets = _nets(cidrs)
+    sound = _ok(cidrs) and len(nets) == len(cidrs)
+    for a in range(len(nets)):
+        for b in range(a + 1, len(nets)):
+            (i, first), (j, second) = nets[a], nets[b]
+            if first.overlaps(second):
+                sound = False
+                errors.add(ALL, '%s.cidrs[%d]' % (path, j), '%s overlaps %s (%s.cidrs[%d])' % (
+                    _show(str(second)), first, path, i))
+    if _ok(cidrs) and not cidrs:
+        errors.add(ALL, path + '.cidrs', 'needs at least one CIDR')
+    mask = block['mask_size']
+    if not _ok(mask):
+        return None
+    bits = 32 if family == 4 else 128
+    if mask > bits:
+        errors.add(ALL, path + '.mask_size', '%d is larger than an IPv%d prefix allows (max %d)'
+                   % (mask, family, bits))
+        return None
+    if nets:
+        narrowest = max((net for _, net in nets), key=lambda n: n.prefixlen)
+        if mask < narrowest.prefixlen:
+            errors.add(ALL, path + '.mask_size', '%d is smaller than the prefix length of %s (%d)'
+                       % (mask, narrowest, narrowest.prefixlen))
+            return None
+    if not sound or not nets:
+        return None
+    return [net for _, net in nets], mask
+
+
+def _blocks(nets, mask):
+    return sum(2 ** (mask - net.prefixlen) for net in nets)
+
+
+def _capacity_message(nets, mask, have, nodes, per_node=1, pre_allocate=0):
+    message = '%s with mask_size %d has %d block%s for %d node%s' % (
+        ', '.join(str(n) for n in nets), mask, have, '' if have == 1 else 's',
+        nodes, '' if nodes == 1 else 's')
+    if per_node > 1:
+        message += ' (%d blocks each to pre-allocate %d IPs)' % (per_node, pre_allocate)
+    return message
+
+
+def _check_pools(model, node_count, errors):
+    """Pool shapes for every section given, capacity for the active mode.
+    Returns [(path, network)] of the active mode's pod CIDR pools."""
+    ipam = model['ipam']
+    mode = ipam['mode']
+    active = []
+
+    cluster_pool = ipam['cluster_pool']
+    if cluster_pool is not _INVALID:
+        for family in (4, 6):
+            path = 'podnet_ipam.cluster_pool.ipv%d' % family
+            sound = _check_family_block(cluster_pool['ipv%d' % family], path, family, errors)
+            if mode == 'cluster-pool' and sound:
+                nets, mask = sound
+                have = _blocks(nets, mask)
+                if have < node_count:
+                    errors.add(ALL, path, _capacity_message(nets, mask, have, node_count))
+            if mode == 'cluster-pool' and _ok(cluster_pool['ipv%d' % family]):
+                active.extend(('%s.cidrs[%d]' % (path, i), net) for i, net in
+                              _nets(cluster_pool['ipv%d' % family]['cidrs']))
+
+    multi = ipam['multi_pool']
+    if multi is not _INVALID and _ok(multi['pools']):
+        pools = multi['pools']
+        pre_allocation = multi['pre_allocation'] if _ok(multi['pre_allocation']) else {}
+        pooled = []
+        for name in _host_order(pools):
+            pool = pools[name]
+            path = 'podnet_ipam.multi_pool.pools.%s' % name
+            if not _ok(pool):
+                continue
+            if pool['ipv4'] is None and pool['ipv6'] is None:
+                errors.add(ALL, path, 'needs ipv4 or ipv6')
+            for family in (4, 6):
+                fpath = '%s.ipv%d' % (path, family)
+                block = pool['ipv%d' % family]
+                sound = _check_family_block(block, fpath, family, errors)
+                if _ok(block):
+                    pooled.extend((name, '%s.cidrs[%d]' % (fpath, i), net)
+                                  for i, net in _nets(block['cidrs']))
+                pre = pre_allocation.get(name)
+                if mode == 'multi-pool' and sound and _ok(pre) and pre > 0:
+                    nets, mask = sound
+                    per_node = max(1, -(-pre // 2 ** ((32 if family == 4 else 128) - mask)))
+                    have = _blocks(nets, mask)
+                    if have < node_count * per_node:
+                        errors.add(ALL, fpath, _capacity_message(
+                            nets, mask, have, node_count, per_node, pre))
+        for a in range(len(pooled)):
+            for b in range(a + 1, len(pooled)):
+                (pool_a, path_a, net_a), (pool_b, path_b, net_b) = pooled[a], pooled[b]
+                if pool_a != pool_b and net_a.overlaps(net_b):
+                    errors.add(ALL, path_b, '%s overlaps pool %s %s (%s)' % (
+                        _show(str(net_b)), _show(pool_a), net_a, path_a))
+        if mode == 'multi-pool':
+            if 'default' not in pools:
+                errors.add(ALL, 'podnet_ipam.multi_pool.pools',
+                           "needs a pool named 'default' (every node allocates from it)")
+            for name in pre_allocation:
+                if name not in pools:
+                    errors.add(ALL, 'podnet_ipam.multi_pool.pre_allocation.%s' % name,
+                               'no pool named %s (pools: %s)' % (
+                                   _show(name), ', '.join(_host_order(pools)) or 'none'))
+            active.extend((path, net) for _, path, net in pooled)
+
+    kubernetes = ipam['kubernetes']
+    if kubernetes is not _INVALID:
+        cidrs = kubernetes['cluster_cidrs']
+        nets = _nets(cidrs)
+        for a in range(len(nets)):
+            for b in range(a + 1, len(nets)):
+                (i, first), (j, second) = nets[a], nets[b]
+                if first.overlaps(second):
+                    errors.add(ALL, 'podnet_ipam.kubernetes.cluster_cidrs[%d]' % j,
+                               '%s overlaps %s (podnet_ipam.kubernetes.cluster_cidrs[%d])' % (
+                                   _show(str(second)), first, i))
+        if mode == 'kubernetes':
+            active.extend(('podnet_ipam.kubernetes.cluster_cidrs[%d]' % i, net)
+                          for i, net in nets)
+    return active
+
+
+def _check_modes(model, errors):
+    ipam_mode = model['ipam']['mode']
+    routing_mode = model['routing']['mode']
+    if not _ok(ipam_mode, routing_mode):
+        return
+    if ipam_mode == 'eni' and routing_mode not in ('eni', 'native'):
+        errors.add(ALL, 'podnet_ipam.mode', "'eni' needs podnet_routing.mode 'eni' or 'native' "
+                   "(it is %s)" % _show(routing_mode))
+    if routing_mode == 'eni' and ipam_mode != 'eni':
+        errors.add(ALL, 'podnet_routing.mode', "'eni' needs podnet_ipam.mode 'eni' (it is %s)"
+                   % _show(ipam_mode))
+    eni = model['eni']
+    if ipam_mode == 'eni' and eni is not _INVALID and eni['region'] is None:
+        errors.add(ALL, 'podnet_eni.region', "required when podnet_ipam.mode is 'eni'")
+
+
+def _check_routing(model, active_pools, pod_nets, errors):
+    routing = model['routing']
+    if routing['mode'] != 'native' or routing['native'] is _INVALID:
+        return
+    native = routing['native']
+    if native['ipv4_cidr'] is None:
+        for flag in ('masquerade', 'auto_direct_node_routes'):
+            on = routing[flag] if flag == 'masquerade' else native[flag]
+            if on is True:
+                errors.add(ALL, 'podnet_routing.native.ipv4_cidr',
+                           "required when podnet_routing.mode is 'native' and %s is true" % flag)
+                break
+    bgp = native['bgp']
+    if _ok(bgp) and _ok(bgp['peers']) and not bgp['peers']:
+        errors.add(ALL, 'podnet_routing.native.bgp.peers', 'needs at least one peer')
+    # Pods outside the native routing CIDR would be masqueraded (and lose their identity).
+    routed = _net(native['ipv4_cidr'])
+    if routed is None or model['ipam']['mode'] == 'eni':
+        return
+    for path, net in active_pools:
+        if net.version == 4 and not net.subnet_of(routed):
+            errors.add(ALL, path, '%s is outside podnet_routing.native.ipv4_cidr %s' % (
+                _show(str(net)), routed))
+    if not active_pools:   # kubernetes mode without cluster_cidrs: check each node's CIDR
+        for host, i, net in pod_nets:
+            if net.version == 4 and not net.subnet_of(routed):
+                errors.add(host, 'podnet_pod_cidrs[%d]' % i,
+                           '%s is outside podnet_routing.native.ipv4_cidr %s' % (
+                               _show(str(net)), routed))
+
+
+def _check_pod_cidrs(model, errors):
+    """podnet_pod_cidrs: kubernetes (host-scope) mode only. Returns [(host, index, network)]."""
+    nodes = model['nodes']
+    mode = model['ipam']['mode']
+    kubernetes = model['ipam']['kubernetes']
+    pod_nets = []
+    for host in _host_order(nodes):
+        cidrs = nodes[host]['pod_cidrs']
+        if cidrs is _INVALID or not _ok(mode):
+            continue
+        if mode != 'kubernetes':
+            if cidrs:
+                errors.add(host, 'podnet_pod_cidrs',
+                           "only used when podnet_ipam.mode is 'kubernetes' (it is %s)"
+                           % _show(mode))
+            continue
+        if not cidrs:
+            errors.add(host, 'podnet_pod_cidrs', "required when podnet_ipam.mode is 'kubernetes'")
+            continue
+        seen_family = {}
+        for i, net in _nets(cidrs):
+            if net.version in seen_family:
+                errors.add(host, 'podnet_pod_cidrs[%d]' % i,
+                           'a second IPv%d CIDR (podnet_pod_cidrs[%d] is one); a node has at '
+                           'most one pod CIDR per family' % (net.version, seen_family[net.version]))
+                continue
+            seen_family[net.version] = i
+            pod_nets.append((host, i, net))
+    for a in range(len(pod_nets)):
+        for b in range(a + 1, len(pod_nets)):
+            (host_a, i, net_a), (host_b, j, net_b) = pod_nets[a], pod_nets[b]
+            if host_a != host_b and net_a.overlaps(net_b):
+                errors.add(host_b, 'podnet_pod_cidrs[%d]' % j,
+                           "%s overlaps %s's %s (podnet_pod_cidrs[%d])" % (
+                               _show(str(net_b)), host_a, net_a, i))
+    if kubernetes is not _INVALID:
+        bounds = [net for _, net in _nets(kubernetes['cluster_cidrs'])]
+        if bounds and len(bounds) == len(kubernetes['cluster_cidrs']):
+            for host, i, net in pod_nets:
+                if not any(net.version == bound.version and net.subnet_of(bound)
+                           for bound in bounds):
+                    errors.add(host, 'podnet_pod_cidrs[%d]' % i,
+                               '%s is outside podnet_ipam.kubernetes.cluster_cidrs (%s)' % (
+                                   _show(str(net)), ', '.join(str(b) for b in bounds)))
+    return pod_nets
+
+
+_SPECIAL_ADDRESSES = (('is_loopback', 'a loopback'), ('is_multicast', 'a multicast'),
+                      ('is_unspecified', 'the unspecified'), ('is_link_local', 'a link-local'))
+
+
+def _check_node_ips(model, active_pools, pod_nets, errors):
+    nodes = model['nodes']
+    seen = {}
+    for host in _host_order(nodes):
+        node = nodes[host]
+        ip = node['ip']
+        if _ok(ip):
+            address = ipaddress.ip_address(ip)
+            for attribute, what in _SPECIAL_ADDRESSES:
+                if getattr(address, attribute):
+                    errors.add(host, 'podnet_node_ip', '%s is %s address' % (_show(ip), what))
+                    break
+            if ip in seen:
+                errors.add(host, 'podnet_node_ip', "%s is also %s's address" % (
+                    _show(ip), seen[ip]))
+            else:
+                seen[ip] = host
+            # DESIGN.md 5: the default 10.0.0.0/8 pool often clashes with node networks
+            for path, net in active_pools:
+                if address in net:
+                    errors.add(host, 'podnet_node_ip', '%s is inside the pod CIDR pool %s (%s)'
+                               % (_show(ip), net, path))
+            for other, i, net in pod_nets:
+                if address in net:
+                    errors.add(host, 'podnet_node_ip', "%s is inside %s's pod CIDR %s "
+                               "(podnet_pod_cidrs[%d])" % (_show(ip), other, net, i))
+        if model['ipam']['mode'] == 'eni' and node['instance'] is None:
+            errors.add(host, 'podnet_instance', "required when podnet_ipam.mode is 'eni'")
+
+
+def _check_consistency(nodes, errors):
+    """Every host must see the same cluster-level keys. A host that carries none of a key
+    counts as 'not set' (as it would in Ansible); keys no host carries are not compared."""
+    hosts = _host_order(nodes)
+    for key in CLUSTER_KEYS:
+        views = []
+        for host in hosts:
+            value = nodes[host].get(key) if isinstance(nodes[host], dict) else None
+            views.append(_ABSENT if value is None else value)
+        if all(view is _ABSENT for view in views):
+            continue
+        groups = []   # [value, count], in order of first appearance
+        for view in views:
+            for group in groups:
+                if _same(group[0], view):
+                    group[1] += 1
+                    break
+            else:
+                groups.append([view, 1])
+        majority = max(groups, key=lambda g: g[1])[0]   # max() keeps the first on ties
+        for host, view in zip(hosts, views):
+            if not _same(view, majority):
+                errors.add(host, key, "differs from the other nodes' value; cluster-wide keys "
+                           "must be the same on every node (set them in group_vars/all)")
+
+
+def _same(a, b):
+    if a is _ABSENT or b is _ABSENT:
+        return a is b
+    return _plain(a) == _plain(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry point
+
+def validate(cluster_vars, nodes):
+    """Validate and normalize the whole inventory.
+
+    cluster_vars: {podnet_cluster, podnet_ipam, podnet_routing, podnet_eni, podnet_policy},
+      any of them missing or null (defaults apply).
+    nodes: {hostname: {podnet_node_ip, podnet_node_device, podnet_node_labels, podnet_pod_cidrs,
+      podnet_instance}}; each host may also carry the cluster-level keys as it sees them, which
+      are then compared across hosts (they must agree). Other podnet_* keys are ignored unless
+      they look like a typo of one of ours.
+
+    Returns the normalized model (docs/architecture.md); raises InventoryError with all errors.
+    """
+    errors = _Errors()
+    cluster_vars = cluster_vars or {}
+    if not isinstance(cluster_vars, dict):
+        raise InventoryError(['%s: podnet_cluster: cluster variables must be a mapping, got %s'
+                              % (ALL, _kind(cluster_vars))])
+    if nodes is None:
+        nodes = {}
+    if not isinstance(nodes, dict):
+        raise InventoryError(['%s: podnet_nodes: expected a mapping of host name to variables, '
+                              'got %s' % (ALL, _kind(nodes))])
+
+    walker = _Walker(errors, ALL)
+    _check_top_level_keys(cluster_vars, CLUSTER_KEYS + NODE_KEYS, ALL, errors)
+    raw = dict((key, walker.walk(schema, cluster_vars.get(key), key))
+               for key, schema in CLUSTER_SCHEMA.items())
+    # A section that is not a mapping at all: carry on with its defaults so the rest is checked.
+    for key, schema in CLUSTER_SCHEMA.items():
+        if raw[key] is _INVALID:
+            raw[key] = _Walker(_Errors(), ALL).walk(schema, {}, key)
+
+    model = {
+        'cluster': raw['podnet_cluster'],
+        'ipam': raw['podnet_ipam'],
+        'routing': raw['podnet_routing'],
+        'eni': raw['podnet_eni'] if raw['podnet_ipam']['mode'] == 'eni' else None,
+        'policy': raw['podnet_policy'],
+        'nodes': {},
+    }
+
+    if not nodes:
+        errors.add(ALL, 'podnet_nodes', 'the inventory has no nodes')
+    for host in _host_order(nodes):
+        host_vars = nodes[host]
+        if host_vars is None:
+            host_vars = {}
+        if not isinstance(host_vars, dict):
+            errors.add(str(host), 'podnet_node_ip', 'expected the host variables as a mapping, '
+                       'got %s' % _kind(host_vars))
+            host_vars = {}
+        node_walker = _Walker(errors, str(host))
+        _check_top_level_keys(host_vars, CLUSTER_KEYS + NODE_KEYS, str(host), errors)
+        node = dict((key, node_walker.walk(schema, host_vars.get(key), key))
+                    for key, schema in NODE_SCHEMA.items())
+        model['nodes'][str(host)] = {
+            'ip': node['podnet_node_ip'],
+            'device': node['podnet_node_device'],
+            'labels': node['podnet_node_labels'],
+            'pod_cidrs': node['podnet_pod_cidrs'],
+            'instance': node['podnet_instance'],
+        }
+
+    _complete(model)
+    _check_ledger(model, errors)
+    active_pools = _check_pools(model, len(nodes), errors)
+    _check_modes(model, errors)
+    pod_nets = _check_pod_cidrs(model, errors)
+    _check_routing(model, active_pools, pod_nets, errors)
+    _check_node_ips(model, active_pools, pod_nets, errors)
+    _check_consistency(dict((h, v) for h, v in nodes.items() if isinstance(v, dict)), errors)
+
+    if errors.items:
+        raise InventoryError(errors.sorted())
+    return model

@@ -1,0 +1,113 @@
+"""Helpers for tests that drive a real lab with ansible-playbook and read its kernel state."""
+import json
+import os
+import re
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.join(REPO, '.venv', 'bin')
+LAB_ROOT = '/run/podnet-lab'
+
+
+def env():
+    e = dict(os.environ)
+    e['PATH'] = VENV_BIN + ':' + e.get('PATH', '')
+    e['ANSIBLE_CONFIG'] = os.path.join(REPO, 'ansible.cfg')
+    e['ANSIBLE_PYTHON_INTERPRETER'] = os.path.join(VENV_BIN, 'python')
+    e['ANSIBLE_FORCE_COLOR'] = '0'
+    e['ANSIBLE_NOCOLOR'] = '1'
+    e.pop('PODNET_LAB_PREFIX', None)
+    e.pop('PODNET_LAB_NODES', None)
+    return e
+
+
+def write_lab_inventory(directory, prefix, nodes=3, cluster_vars=None):
+    """A lab inventory dir: the plugin config plus the lab's cluster group_vars."""
+    os.makedirs(os.path.join(directory, 'group_vars', 'all'), exist_ok=True)
+    with open(os.path.join(directory, 'lab.podnet.yml'), 'w') as f:
+        f.write('plugin: podnet.fabric.lab\nprefix: %s\nnodes: %d\nunderlay_cidr: 192.168.50.0/24\n' % (prefix, nodes))
+    src = cluster_vars or os.path.join(REPO, 'inventories', 'lab', 'group_vars', 'all', 'cluster.yml')
+    with open(src) as f:
+        text = f.read()
+    with open(os.path.join(directory, 'group_vars', 'all', 'cluster.yml'), 'w') as f:
+        f.write(text)
+    return directory
+
+
+def playbook(name, *inventories, extra=(), check=False, timeout=600):
+    argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name)]
+    for inv in inventories:
+        argv += ['-i', inv]
+    argv += list(extra)
+    if check:
+        argv += ['--check', '--diff']
+    p = subprocess.run(argv, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, timeout=timeout)
+    return p.returncode, p.stdout
+
+
+def recap(output):
+    """{host: {ok:, changed:, failed:, ...}} from a PLAY RECAP (the last one)."""
+    out = {}
+    for m in re.finditer(r'^(\S+)\s+:\s+(.*)$', output.split('PLAY RECAP')[-1], re.M):
+        out[m.group(1)] = dict((k, int(v)) for k, v in re.findall(r'(\w+)=(\d+)', m.group(2)))
+    return out
+
+
+def nsenter(prefix, node, argv, check=True):
+    d = os.path.join(LAB_ROOT, prefix, node)
+    full = ['nsenter', '--net=/run/netns/%s-%s' % (prefix, node), '--mount=%s/mnt' % d, '--uts=%s/uts' % d, '--'] + argv
+    p = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if check and p.returncode != 0:
+        raise AssertionError('%s failed: %s' % (' '.join(full), p.stderr))
+    return p.stdout
+
+
+def _strip_volatile(obj):
+    """Drop counters that move by themselves (stats, timers) from ip -j output."""
+    if isinstance(obj, dict):
+        return dict((k, _strip_volatile(v)) for k, v in obj.items()
+                    if k not in ('stats', 'stats64', 'valid_life_time', 'preferred_life_time', 'operstate'))
+    if isinstance(obj, list):
+        return [_strip_volatile(v) for v in obj]
+    return obj
+
+
+def node_snapshot(prefix, node):
+    """Everything podnet could change on a node, as the kernel and the node's overlays hold it."""
+    snap = {}
+    for key, argv in (('links', ['ip', '-j', '-d', 'link', 'show']),
+                      ('addrs', ['ip', '-j', 'addr', 'show']),
+                      ('routes', ['ip', '-j', 'route', 'show', 'table', 'all']),
+                      ('rules', ['ip', '-j', 'rule', 'show'])):
+        snap[key] = _strip_volatile(json.loads(nsenter(prefix, node, argv) or '[]'))
+    snap['sysctl'] = nsenter(prefix, node, ['sysctl', 'net.ipv4.ip_forward', 'net.ipv4.conf.all.rp_filter',
+                                            'net.ipv4.conf.default.rp_filter', 'net.ipv6.conf.all.forwarding'])
+    snap['bpffs'] = nsenter(prefix, node, ['find', '/sys/fs/bpf'])
+    snap['mounts'] = sorted(line.split()[4] for line in nsenter(prefix, node, ['cat', '/proc/self/mountinfo']).splitlines())
+    files = []
+    d = os.path.join(LAB_ROOT, prefix, node)
+    for layer in ('etc.upper', 'varlib.upper'):
+        for root, _, names in os.walk(os.path.join(d, layer)):
+            for n in names:
+                p = os.path.join(root, n)
+                with open(p, 'rb') as f:
+                    files.append((os.path.relpath(p, d), f.read()))
+    snap['files'] = sorted(files)
+    return snap
+
+
+def lab_snapshot(prefix, nodes):
+    return dict((n, node_snapshot(prefix, n)) for n in nodes)
+
+
+def netns_names():
+    try:
+        return set(os.listdir('/run/netns'))
+    except OSError:
+        return set()
+
+
+def mountpoints():
+    with open('/proc/self/mountinfo') as f:
+        return [line.split()[4] for line in f]

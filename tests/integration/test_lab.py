@@ -1,0 +1,191 @@
+"""The lab, the connection plugin, validation before change, check mode, idempotence and teardown.
+
+Everything here runs ansible-playbook against a real lab (prefix `pti`) and asserts on kernel state
+read with nsenter, never on a task's status alone. Traffic stays inside the lab's namespaces.
+"""
+import glob
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from labutil import (LAB_ROOT, REPO, lab_snapshot, mountpoints, netns_names, nsenter, playbook, recap,
+                     write_lab_inventory)
+
+PREFIX = 'pti'
+NODES = ['node1', 'node2', 'node3']
+BAD = sorted(glob.glob(os.path.join(REPO, 'tests', 'inventories', 'bad', '*.yml')))
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    inv = write_lab_inventory(str(tmp_path_factory.mktemp('inv')), PREFIX)
+    host_links = set(os.listdir('/sys/class/net'))
+    rc, out = playbook('lab_up.yml', inv)
+    assert rc == 0, out
+    yield inv
+    playbook('lab_down.yml', inv)
+    # Whatever the tests did, the host's own network namespace gained no link.
+    assert set(os.listdir('/sys/class/net')) == host_links
+
+
+def test_members_are_separate_machines(lab):
+    for i, node in enumerate(NODES):
+        assert nsenter(PREFIX, node, ['hostname']).strip() == node
+        assert ' /sys/fs/bpf ' in nsenter(PREFIX, node, ['cat', '/proc/self/mountinfo'])
+        addrs = nsenter(PREFIX, node, ['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'])
+        assert '192.168.50.%d/24' % (11 + i) in addrs
+    # Packets cross the underlay between every pair of nodes and to the ToR.
+    for src in NODES:
+        for dst in ['192.168.50.11', '192.168.50.12', '192.168.50.13', '192.168.50.1']:
+            out = nsenter(PREFIX, src, ['ping', '-c', '1', '-W', '2', dst])
+            assert '1 received' in out
+    # Each node's bpffs is its own: a pin in one is not seen in another.
+    nsenter(PREFIX, 'node1', ['mkdir', '/sys/fs/bpf/pti-probe'])
+    assert 'pti-probe' not in nsenter(PREFIX, 'node2', ['ls', '/sys/fs/bpf'])
+    nsenter(PREFIX, 'node1', ['rmdir', '/sys/fs/bpf/pti-probe'])
+
+
+def test_lab_up_is_idempotent(lab):
+    rc, out = playbook('lab_up.yml', lab)
+    assert rc == 0, out
+    assert recap(out)['localhost']['changed'] == 0
+
+
+def test_connection_plugin_runs_ordinary_tasks(lab, tmp_path):
+    play = tmp_path / 'conn.yml'
+    fetched = tmp_path / 'fetched'
+    play.write_text(yaml.safe_dump([{
+        'name': 'connection plugin', 'hosts': 'node2', 'gather_facts': True, 'gather_subset': ['min'],
+        'tasks': [
+            {'name': 'command', 'ansible.builtin.command': 'hostname', 'register': 'h', 'changed_when': False},
+            {'name': 'copy', 'ansible.builtin.copy': {'dest': '/etc/pti-copied', 'content': 'copied\n', 'mode': '0644'}},
+            {'name': 'template', 'ansible.builtin.template': {'src': str(tmp_path / 't.j2'), 'dest': '/var/lib/podnet/pti-templated', 'mode': '0644'}},
+            {'name': 'fetch', 'ansible.builtin.fetch': {'src': '/etc/pti-copied', 'dest': str(fetched), 'flat': True}},
+            {'name': 'our module', 'podnet.fabric.node_info': {}, 'register': 'info'},
+            {'name': 'report', 'ansible.builtin.copy': {
+                'dest': str(tmp_path / 'report'), 'mode': '0644',
+                'content': '{{ h.stdout }} {{ info.hostname }} {{ ansible_facts.hostname }} {{ info.links.eth0.addresses[0] }}'},
+             'delegate_to': 'localhost'},
+        ]}]))
+    (tmp_path / 't.j2').write_text('node={{ inventory_hostname }} ip={{ podnet_node_ip }}\n')
+    rc, out = playbook(str(play), lab)
+    assert rc == 0, out
+    assert (tmp_path / 'report').read_text() == 'node2 node2 node2 192.168.50.12/24'
+    assert nsenter(PREFIX, 'node2', ['cat', '/etc/pti-copied']) == 'copied\n'
+    assert nsenter(PREFIX, 'node2', ['cat', '/var/lib/podnet/pti-templated']) == 'node=node2 ip=192.168.50.12\n'
+    assert fetched.read_text() == 'copied\n'
+    # The writes stayed in node2: not on the host, not on node1.
+    assert not os.path.exists('/etc/pti-copied')
+    assert not os.path.exists('/var/lib/podnet/pti-templated')
+    assert nsenter(PREFIX, 'node1', ['test', '-e', '/etc/pti-copied'], check=False) == ''
+    assert subprocess.run(['nsenter', '--net=/run/netns/pti-node1', '--mount=%s/pti/node1/mnt' % LAB_ROOT,
+                           'test', '-e', '/etc/pti-copied']).returncode == 1
+    nsenter(PREFIX, 'node2', ['rm', '-f', '/etc/pti-copied', '/var/lib/podnet/pti-templated'])
+
+
+def _overlay(case, tmp_path):
+    """Turn a corpus case into an extra-vars file (cluster keys) and an inventory overlay (hosts)."""
+    with open(case) as f:
+        spec = yaml.safe_load(f)
+    extra = []
+    if spec.get('cluster'):
+        ev = tmp_path / 'cluster.yml'
+        ev.write_text(yaml.safe_dump(spec['cluster']))
+        extra = ['-e', '@' + str(ev)]
+    hosts = dict(spec.get('hosts') or {})
+    for name in hosts:
+        if name not in NODES:  # a node the lab plugin doesn't know: give it the lab's own vars
+            hosts[name] = dict({'podnet_lab_prefix': PREFIX}, **(hosts[name] or {}))
+    overlay = tmp_path / 'hosts.yml'
+    overlay.write_text(yaml.safe_dump({'podnet_nodes': {'hosts': hosts}}))
+    return spec, str(overlay), extra
+
+
+@pytest.mark.parametrize('case', BAD, ids=[os.path.basename(c)[:-4] for c in BAD])
+def test_bad_inventory_fails_before_any_change(lab, case, tmp_path):
+    spec, overlay, extra = _overlay(case, tmp_path)
+    before = lab_snapshot(PREFIX, NODES)
+    rc, out = playbook('site.yml', lab, overlay, extra=extra)
+    assert rc != 0, out
+    flat = ' '.join(out.split())
+    for err in spec['expect']:
+        assert ' '.join(err.split()) in flat, 'expected error missing: %s\n%s' % (err, out)
+    # The run stopped in the controller play: no node was contacted, and no node changed.
+    for node in NODES:
+        assert 'ok: [%s]' % node not in out and 'changed: [%s]' % node not in out
+    assert lab_snapshot(PREFIX, NODES) == before
+
+
+def test_check_mode_changes_nothing_then_converge_is_idempotent(lab):
+    before = lab_snapshot(PREFIX, NODES)
+    rc, out = playbook('site.yml', lab, check=True)
+    assert rc == 0, out
+    assert all(recap(out)[n]['changed'] > 0 for n in NODES), out
+    assert '+        name: podnet_host' in out  # the diff shows the device it would create
+    assert lab_snapshot(PREFIX, NODES) == before
+
+    rc, out = playbook('site.yml', lab)
+    assert rc == 0, out
+    for n in NODES:
+        host = nsenter(PREFIX, n, ['ip', '-d', 'link', 'show', 'podnet_host'])
+        assert 'veth' in host and 'mtu 1450' in host and 'UP' in host
+        assert nsenter(PREFIX, n, ['sysctl', '-n', 'net.ipv4.ip_forward']).strip() == '1'
+    rc, out = playbook('site.yml', lab)
+    assert rc == 0, out
+    assert all(recap(out)[n]['changed'] == 0 for n in NODES), out
+
+    # Drift: delete a node's host device; the check run reports it, the real run repairs it.
+    nsenter(PREFIX, 'node3', ['ip', 'link', 'del', 'podnet_host'])
+    rc, out = playbook('site.yml', lab, check=True)
+    assert rc == 0 and recap(out)['node3']['changed'] == 1 and recap(out)['node1']['changed'] == 0, out
+    assert nsenter(PREFIX, 'node3', ['ip', 'link', 'show', 'podnet_host'], check=False) == ''
+    rc, out = playbook('site.yml', lab)
+    assert rc == 0 and recap(out)['node3']['changed'] == 1, out
+    assert 'podnet_host' in nsenter(PREFIX, 'node3', ['ip', 'link', 'show', 'podnet_host'])
+
+
+def test_two_labs_coexist_and_teardown_leaves_nothing(lab, tmp_path):
+    other = write_lab_inventory(str(tmp_path / 'ptj'), 'ptj', nodes=2)
+    rc, out = playbook('lab_up.yml', other)
+    assert rc == 0, out
+    assert {'ptj-node1', 'ptj-node2', 'ptj-tor', 'ptj-ul', 'pti-node1'} <= netns_names()
+    # Same underlay addresses, separate segments: each lab reaches only its own nodes.
+    assert '1 received' in nsenter('ptj', 'node1', ['ping', '-c', '1', '-W', '2', '192.168.50.12'])
+    assert nsenter('ptj', 'node1', ['ping', '-c', '1', '-W', '1', '192.168.50.13'], check=False).count('1 received') == 0
+
+    # A process left running inside a node must be ended by the teardown (we started it).
+    d = os.path.join(LAB_ROOT, 'ptj', 'node1')
+    sleeper = subprocess.Popen(['nsenter', '--net=/run/netns/ptj-node1', '--mount=%s/mnt' % d, '--uts=%s/uts' % d,
+                                '--', 'sleep', '600'])
+    time.sleep(0.3)
+    ino = os.stat('/run/netns/ptj-node1').st_ino
+
+    rc, out = playbook('lab_down.yml', other)
+    assert rc == 0, out
+    assert sleeper.wait(timeout=10) is not None
+    assert not [n for n in netns_names() if n.startswith('ptj-')]
+    assert not [m for m in mountpoints() if m.startswith('/run/podnet-lab/ptj')]
+    assert not os.path.exists('/run/podnet-lab/ptj')
+    for pid in os.listdir('/proc'):
+        if pid.isdigit():
+            try:
+                assert os.stat('/proc/%s/ns/net' % pid).st_ino != ino, 'process %s still in ptj-node1' % pid
+            except OSError:
+                pass
+    # The other lab is untouched.
+    assert '1 received' in nsenter(PREFIX, 'node1', ['ping', '-c', '1', '-W', '2', '192.168.50.13'])
+    rc, out = playbook('lab_down.yml', other)
+    assert rc == 0 and recap(out)['localhost']['changed'] == 0, out
+
+
+def test_zz_lab_down_leaves_nothing(lab):
+    rc, out = playbook('lab_down.yml', lab)
+    assert rc == 0, out
+    assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
+    assert not [m for m in mountpoints() if m.startswith(os.path.join(LAB_ROOT, PREFIX))]
+    assert not os.path.exists(os.path.join(LAB_ROOT, PREFIX))
