@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
 DOCUMENTATION = r'''
@@ -14,7 +14,7 @@ description:
     C(/etc) lands in the member's C(/etc) overlay, not on the host.
   - The controller must be the machine that hosts the lab, and Ansible must run as root.
 author:
-  - podnet.fabric contributors
+  - podnet.fabric maintainers (@podnet)
 options:
   remote_addr:
     description: The lab member to enter (its name in the lab).
@@ -119,7 +119,7 @@ class Connection(ConnectionBase):
         argv = self._argv(['cat', '--', in_path])
         with open(to_bytes(out_path), 'wb') as dst:
             p = subprocess.Popen([to_bytes(a) for a in argv], stdout=dst, stderr=subprocess.PIPE)
-            _, stderr = p.communicate()
+            stderr = p.communicate()[1]
         if p.returncode != 0:
             raise AnsibleError('failed to fetch %s to %s: %s' % (in_path, out_path, to_text(stderr)))
 

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
 DOCUMENTATION = r'''
@@ -12,12 +12,12 @@ description:
     group C(podnet_nodes) with underlay addresses, and a ToR router in group C(podnet_lab_routers).
   - Every host uses the P(podnet.fabric.lab#connection) connection and the controller's own Python
     interpreter (the lab's nodes share the controller's filesystem).
-  - Sets C(podnet_prereqs_manage_packages=false) on group C(podnet_lab), because the members share the
+  - Sets C(node_prereqs_manage_packages=false) on group C(podnet_lab), because the members share the
     controller's filesystem, so packages are installed once on the machine, not from inside a member.
   - The file must end in C(.podnet.yml) or C(.podnet.yaml). Cluster variables (C(podnet_ipam) and the
     rest) go in C(group_vars/) beside it, as for any inventory.
 author:
-  - podnet.fabric contributors
+  - podnet.fabric maintainers (@podnet)
 options:
   plugin:
     description: The name of this plugin.
@@ -104,7 +104,7 @@ class InventoryModule(BaseInventoryPlugin):
         self.inventory.add_child('podnet_lab', 'podnet_lab_routers')
         # Lab members share the controller's filesystem: packages and the venv are the machine's
         # (make bootstrap installs them), never installed from inside a member.
-        self.inventory.set_variable('podnet_lab', 'podnet_prereqs_manage_packages', False)
+        self.inventory.set_variable('podnet_lab', 'node_prereqs_manage_packages', False)
 
         def add(name, group, ip, role):
             self.inventory.add_host(name, group=group)

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The node's host device: a veth pair (podnet_host <-> podnet_net), as Cilium's cilium_host/cilium_net.
 
 A veth pair, not a dummy device: some kernels (this lab's among them) have no dummy driver, and a

@@ -1,4 +1,6 @@
 # -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The cluster inventory model: validate and normalize the whole inventory.
 
 ``validate(cluster_vars, nodes)`` returns the normalized model (DESIGN.md sections 4 and 5,
@@ -191,7 +193,7 @@ def _aws_id(prefix, what):
 
 
 def _check_label_key(value):
-    prefix, _, name = value.rpartition('/')
+    prefix, _sep, name = value.rpartition('/')
     if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) \
             or not _LABEL_NAME.match(name):
         return '%s is not a valid label key' % _show(value)
@@ -656,14 +658,14 @@ def _check_family_block(block, path, family, errors):
                    % (mask, family, bits))
         return None
     if nets:
-        narrowest = max((net for _, net in nets), key=lambda n: n.prefixlen)
+        narrowest = max((net for _where, net in nets), key=lambda n: n.prefixlen)
         if mask < narrowest.prefixlen:
             errors.add(ALL, path + '.mask_size', '%d is smaller than the prefix length of %s (%d)'
                        % (mask, narrowest, narrowest.prefixlen))
             return None
     if not sound or not nets:
         return None
-    return [net for _, net in nets], mask
+    return [net for _where, net in nets], mask
 
 
 def _blocks(nets, mask):
@@ -742,7 +744,7 @@ def _check_pools(model, node_count, errors):
                     errors.add(ALL, 'podnet_ipam.multi_pool.pre_allocation.%s' % name,
                                'no pool named %s (pools: %s)' % (
                                    _show(name), ', '.join(_host_order(pools)) or 'none'))
-            active.extend((path, net) for _, path, net in pooled)
+            active.extend((path, net) for _pool, path, net in pooled)
 
     kubernetes = ipam['kubernetes']
     if kubernetes is not _INVALID:
@@ -844,7 +846,7 @@ def _check_pod_cidrs(model, errors):
                            "%s overlaps %s's %s (podnet_pod_cidrs[%d])" % (
                                _show(str(net_b)), host_a, net_a, i))
     if kubernetes is not _INVALID:
-        bounds = [net for _, net in _nets(kubernetes['cluster_cidrs'])]
+        bounds = [net for _where, net in _nets(kubernetes['cluster_cidrs'])]
         if bounds and len(bounds) == len(kubernetes['cluster_cidrs']):
             for host, i, net in pod_nets:
                 if not any(net.version == bound.version and net.subnet_of(bound)

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one-machine lab: each member (node or router) is a network + mount + UTS namespace set.
 
 Layout for a lab with prefix P (everything we create carries P, so two labs coexist):
@@ -248,7 +248,7 @@ def read(prefix):
 # ---------------------------------------------------------------- apply
 
 def _run(argv, **kw):
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kw)
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False, **kw)
     if p.returncode != 0:
         raise LabError('%s failed (rc=%d): %s' % (' '.join(argv), p.returncode, p.stderr.strip()))
     return p.stdout

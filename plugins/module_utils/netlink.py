@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """pyroute2 helpers shared by the node modules: read links and addresses as plain dicts."""
 from __future__ import absolute_import, division, print_function
 
@@ -9,7 +9,7 @@ __metaclass__ = type
 import traceback
 
 try:
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute  # noqa: F401 pylint: disable=unused-import  (modules use netlink.IPRoute)
     import pyroute2
     HAS_PYROUTE2 = True
     PYROUTE2_IMPORT_ERROR = None

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The read / plan / apply loop every podnet module runs (DESIGN.md section 3).
 
 ``changed`` and ``diff`` fall out of what was read before and after, not of hand-kept flags: a

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -18,7 +18,7 @@ description:
     is given; addresses not in the list are removed from it (the device is ours).
   - A veth pair rather than a dummy device because not every kernel has the dummy driver.
 author:
-  - podnet.fabric contributors
+  - podnet.fabric maintainers (@podnet)
 options:
   name:
     description: Name of the host side of the pair.
@@ -57,8 +57,10 @@ notes:
 attributes:
   check_mode:
     support: full
+    description: Reads the realized state, plans, and reports the plan and diff without applying it.
   diff_mode:
     support: full
+    description: Returns the realized state before and after (projected in check mode).
 '''
 
 EXAMPLES = r'''

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -23,7 +23,7 @@ description:
   - Use M(podnet.fabric.lab_cluster) through C(playbooks/lab_up.yml) and C(playbooks/lab_down.yml),
     and the P(podnet.fabric.lab#connection) connection plugin to run tasks inside a member.
 author:
-  - podnet.fabric contributors
+  - podnet.fabric maintainers (@podnet)
 options:
   prefix:
     description:
@@ -70,8 +70,10 @@ notes:
 attributes:
   check_mode:
     support: full
+    description: Reads the realized state, plans, and reports the plan and diff without applying it.
   diff_mode:
     support: full
+    description: Returns the realized state before and after (projected in check mode).
 '''
 
 EXAMPLES = r'''

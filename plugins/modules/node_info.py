@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -17,7 +17,7 @@ description:
     mounted, the kernel headers bcc needs, and the Python libraries the node modules need.
   - Used by C(playbooks/verify.yml), the prerequisites role's checks, and the tests.
 author:
-  - podnet.fabric contributors
+  - podnet.fabric maintainers (@podnet)
 options:
   sysctls:
     description: Sysctl names to read (dotted form).
@@ -42,8 +42,10 @@ notes:
 attributes:
   check_mode:
     support: full
+    description: Reads only; the same in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no diff.
 '''
 
 EXAMPLES = r'''

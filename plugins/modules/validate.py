@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -17,14 +17,14 @@ description:
     C(podnet_node_labels), C(podnet_pod_cidrs), C(podnet_instance)) of the hosts in O(group), checks
     types, unknown keys and semantics (overlapping or invalid CIDRs, pools too small, duplicate node
     IPs, missing per-mode variables, unsupported combinations), and fills in the defaults.
-  - Every error names the host (or C(all) for cluster-wide keys) and the key path, for example
-    C(node3: podnet_node_ip: '10.0.0.300' is not an IPv4 address). All errors are reported at once.
+  - 'Every error names the host (or C(all) for cluster-wide keys) and the key path, for example
+    C(node3: podnet_node_ip: "10.0.0.300" is not an IPv4 address). All errors are reported at once.'
   - Run it in a play on C(localhost) before any play that touches nodes, so that a bad inventory
     changes nothing anywhere (C(playbooks/site.yml) does).
   - On success it sets the fact C(podnet_model), the normalized cluster model.
   - This is an action plugin; it runs on the controller only and never connects to a node.
 author:
-  - podnet.fabric contributors
+  - podnet.fabric maintainers (@podnet)
 options:
   group:
     description: The inventory group holding the cluster's nodes.
@@ -33,6 +33,7 @@ options:
 attributes:
   action:
     support: full
+    description: Runs on the controller as an action plugin; it never connects to a node.
   check_mode:
     support: full
   diff_mode:
@@ -55,7 +56,7 @@ model:
   returned: success
   type: dict
 errors:
-  description: Every error found, each C(<host or all>: <key path>: <message>).
+  description: 'Every error found, each C(<host or all>: <key path>: <message>).'
   returned: failure
   type: list
   elements: str

@@ -42,7 +42,7 @@ def playbook(name, *inventories, extra=(), check=False, timeout=600):
     if check:
         argv += ['--check', '--diff']
     p = subprocess.run(argv, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       universal_newlines=True, timeout=timeout)
+                       universal_newlines=True, timeout=timeout, check=False)
     return p.returncode, p.stdout
 
 
@@ -57,7 +57,7 @@ def recap(output):
 def nsenter(prefix, node, argv, check=True):
     d = os.path.join(LAB_ROOT, prefix, node)
     full = ['nsenter', '--net=/run/netns/%s-%s' % (prefix, node), '--mount=%s/mnt' % d, '--uts=%s/uts' % d, '--'] + argv
-    p = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    p = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if check and p.returncode != 0:
         raise AssertionError('%s failed: %s' % (' '.join(full), p.stderr))
     return p.stdout
@@ -88,7 +88,7 @@ def node_snapshot(prefix, node):
     files = []
     d = os.path.join(LAB_ROOT, prefix, node)
     for layer in ('etc.upper', 'varlib.upper'):
-        for root, _, names in os.walk(os.path.join(d, layer)):
+        for root, _dirs, names in os.walk(os.path.join(d, layer)):
             for n in names:
                 p = os.path.join(root, n)
                 with open(p, 'rb') as f:

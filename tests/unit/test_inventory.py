@@ -392,22 +392,18 @@ def _schema_paths(schema, prefix=()):
     for key, child in schema.items():
         path = prefix + (key,)
         yield path
-        for sub in _child_paths(child, path):
-            yield sub
+        yield from _child_paths(child, path)
 
 
 def _child_paths(child, path):
     if child['type'] == 'dict':
-        for sub in _schema_paths(child['children'], path):
-            yield sub
+        yield from _schema_paths(child['children'], path)
     elif child['type'] == 'list':
         yield path + (0,)
-        for sub in _child_paths(child['elements'], path + (0,)):
-            yield sub
+        yield from _child_paths(child['elements'], path + (0,))
     elif child['type'] == 'map':
         yield path + ('default',)
-        for sub in _child_paths(child['values'], path + ('default',)):
-            yield sub
+        yield from _child_paths(child['values'], path + ('default',))
 
 
 def _put(tree, path, value):
