@@ -9,7 +9,8 @@ __metaclass__ = type
 import traceback
 
 try:
-    from pyroute2 import IPRoute  # noqa: F401 pylint: disable=unused-import  (modules use netlink.IPRoute)
+    # Modules use netlink.IPRoute: one import site for the optional dependency.
+    from pyroute2 import IPRoute  # noqa: F401 pylint: disable=unused-import
     import pyroute2
     HAS_PYROUTE2 = True
     PYROUTE2_IMPORT_ERROR = None
