@@ -1,0 +1,178 @@
+"""IPAM benchmark: allocate 10,000 nodes + write the ledger, the no-op re-run, peak memory.
+
+Run: .venv/bin/python bench/ipam.py [--nodes N] [--rounds R]
+Writes bench/results/ipam.json and prints a table with the targets (DESIGN/issue 3):
+  allocation of 10,000 nodes plus the ledger write < 1 s; the no-op re-run < 0.5 s.
+
+Each round of each scenario runs in a fresh child process (so ru_maxrss is that scenario's
+own peak and no warm cache carries over); figures are medians over the rounds.
+- alloc:   ledger.update(plan_cluster) on an empty file ledger in a new temp dir: lock, read
+           (absent), plan, serialize, write temp file, fsync, rename, fsync dir.
+- noop:    the same call again: lock, read + parse, plan (nothing to do), compare, no write.
+- read+plan: a lock-free read and the plan alone (what --check needs).
+- add1:    one more node joins the full cluster (every existing block is parsed and marked).
+- tracemalloc peak: Python heap peak of one alloc (measured in a separate pass: tracing
+  slows the code down, so it is not timed). ru_maxrss: the child's peak RSS after the timed
+  alloc + noop (interpreter included).
+"""
+from __future__ import print_function
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_ALLOC = 1.0
+TARGET_NOOP = 0.5
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(
+        'podnet_fabric_module_utils_' + name, os.path.join(ROOT, 'plugins', 'module_utils', name + '.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_model(scenario, n):
+    nodes = dict(('node%05d' % i, {'ip': '192.168.%d.%d' % (i // 250, i % 250 + 1), 'device': None,
+                                   'labels': {}, 'pod_cidrs': [], 'instance': None})
+                 for i in range(1, n + 1))
+    ipam_cfg = {'mode': scenario, 'ledger': {'backend': 'file', 'path': None},
+                'cluster_pool': {'ipv4': {'cidrs': ['10.0.0.0/8'], 'mask_size': 24}, 'ipv6': None},
+                'multi_pool': {'pools': {
+                    'default': {'ipv4': {'cidrs': ['10.0.0.0/12'], 'mask_size': 27}, 'ipv6': None},
+                    'gpu': {'ipv4': {'cidrs': ['10.128.0.0/12'], 'mask_size': 28}, 'ipv6': None}},
+                    'pre_allocation': {'default': 8, 'gpu': 16}},   # gpu: 16 free needs 2 x /28
+                'kubernetes': {'cluster_cidrs': []}}
+    return {'cluster': {'name': 'bench', 'id': 0}, 'ipam': ipam_cfg, 'routing': {}, 'eni': None,
+            'policy': {}, 'nodes': nodes}
+
+
+def child(scenario, n):
+    ledger = _load('ledger')
+    ipam = _load('ipam')
+    model = make_model(scenario, n)
+    run = list(model['nodes'])
+    tmp = tempfile.mkdtemp(prefix='podnet-bench-')
+    try:
+        cfg = {'backend': 'file', 'path': os.path.join(tmp, 'a', 'ledger.json')}
+
+        def plan(doc):
+            return ipam.plan_cluster(model, doc, run)[0]
+
+        t0 = time.perf_counter()
+        led = ledger.open_ledger(cfg, cluster='bench')
+        doc, changed = led.update(plan)
+        t_alloc = time.perf_counter() - t0
+        assert changed and len(doc['nodes']) == n
+        blocks = [c for e in doc['nodes'].values() for c in e['cidrs']['ipv4']]
+        blocks += [c for e in doc['nodes'].values() for p in e['pools'].values() for c in p['ipv4']]
+        assert len(blocks) == len(set(blocks)), 'duplicate blocks'
+        size = os.path.getsize(cfg['path'])
+        mtime = os.stat(cfg['path']).st_mtime_ns
+
+        t0 = time.perf_counter()
+        doc2, changed2 = ledger.open_ledger(cfg, cluster='bench').update(plan)
+        t_noop = time.perf_counter() - t0
+        assert not changed2 and os.stat(cfg['path']).st_mtime_ns == mtime
+
+        t0 = time.perf_counter()
+        cur = ledger.open_ledger(cfg, cluster='bench').read()
+        new, changes = ipam.plan_cluster(model, cur, run)
+        t_read_plan = time.perf_counter() - t0
+        assert new is cur and not changes
+        # one node joins a full cluster: every existing block is parsed and marked in use
+        model['nodes']['node-new'] = dict(model['nodes'][run[0]])
+        t0 = time.perf_counter()
+        doc3, changed3 = ledger.open_ledger(cfg, cluster='bench').update(
+            lambda d: ipam.plan_cluster(model, d, ['node-new'])[0])
+        t_add1 = time.perf_counter() - t0
+        assert changed3 and len(doc3['nodes']) == n + 1
+        maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        cfg_b = {'backend': 'file', 'path': os.path.join(tmp, 'b', 'ledger.json')}
+        tracemalloc.start()
+        ledger.open_ledger(cfg_b, cluster='bench').update(plan)
+        _cur, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {'alloc_s': t_alloc, 'noop_s': t_noop, 'read_plan_s': t_read_plan, 'add1_s': t_add1,
+            'tracemalloc_peak_mib': peak / 2.0 ** 20, 'ru_maxrss_mib': maxrss_kib / 1024.0,
+            'ledger_bytes': size, 'blocks': len(blocks)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--nodes', type=int, default=10000)
+    ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'ipam.json'))
+    ap.add_argument('--child', help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.nodes)))
+        return 0
+
+    scenarios = ['cluster-pool', 'multi-pool']
+    samples = dict((s, []) for s in scenarios)
+    for _r in range(args.rounds):
+        for s in scenarios:           # interleaved, so drift on the machine hits both alike
+            out = subprocess.check_output([sys.executable, os.path.abspath(__file__), '--child', s,
+                                           '--nodes', str(args.nodes)])
+            samples[s].append(json.loads(out.decode().strip().splitlines()[-1]))
+
+    results = {}
+    for s in scenarios:
+        rows = samples[s]
+        med = dict((k, statistics.median(r[k] for r in rows)) for k in rows[0])
+        med['alloc_s_all'] = [round(r['alloc_s'], 4) for r in rows]
+        med['noop_s_all'] = [round(r['noop_s'], 4) for r in rows]
+        med['alloc_ok'] = med['alloc_s'] < TARGET_ALLOC
+        med['noop_ok'] = med['noop_s'] < TARGET_NOOP
+        results[s] = med
+
+    cfgs = {'cluster-pool': 'ipv4 10.0.0.0/8 mask 24',
+            'multi-pool': 'default 10.0.0.0/12 mask 27 pre 8; gpu 10.128.0.0/12 mask 28 pre 16'}
+    print('IPAM benchmark: %d nodes, %d rounds (medians), file ledger, Python %s, %d CPUs'
+          % (args.nodes, args.rounds, platform.python_version(), os.cpu_count() or 0))
+    hdr = '%-13s %7s %9s %9s %9s %11s %10s %7s %9s %10s'
+    print(hdr % ('scenario', 'blocks', 'alloc s', 'target', 'noop s', 'read+plan s', 'target', 'add1 s',
+                 'heap MiB', 'maxrss MiB'))
+    for s in scenarios:
+        r = results[s]
+        print('%-13s %7d %9.3f %9s %9.3f %11.3f %10s %7.3f %9.1f %10.1f' % (
+            s, r['blocks'], r['alloc_s'], ('< %.1f %s' % (TARGET_ALLOC, 'ok' if r['alloc_ok'] else 'MISS')),
+            r['noop_s'], r['read_plan_s'], ('< %.1f %s' % (TARGET_NOOP, 'ok' if r['noop_ok'] else 'MISS')),
+            r['add1_s'], r['tracemalloc_peak_mib'], r['ru_maxrss_mib']))
+        print('%-13s %s; ledger %.2f MB' % ('', cfgs[s], r['ledger_bytes'] / 1e6))
+
+    doc = {'benchmark': 'ipam', 'nodes': args.nodes, 'rounds': args.rounds,
+           'targets': {'alloc_s': TARGET_ALLOC, 'noop_s': TARGET_NOOP},
+           'machine': {'python': platform.python_version(), 'cpus': os.cpu_count(),
+                       'platform': platform.platform()},
+           'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+           'scenarios': dict((s, {'config': cfgs[s], 'median': dict((k, (round(v, 4) if isinstance(v, float) else v))
+                                                                    for k, v in results[s].items())})
+                             for s in scenarios),
+           'ok': all(results[s]['alloc_ok'] and results[s]['noop_ok'] for s in scenarios)}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+        f.write('\n')
+    print('wrote %s' % os.path.relpath(args.out, os.getcwd()))
+    return 0 if doc['ok'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
