@@ -36,8 +36,10 @@ attributes:
     description: Runs on the controller as an action plugin; it never connects to a node.
   check_mode:
     support: full
+    description: Validation reads only; it runs the same in check mode.
   diff_mode:
     support: none
+    description: Changes nothing, so there is no diff.
 '''
 
 EXAMPLES = r'''
