@@ -7,8 +7,6 @@
 
 This file is also the worker script: `python test_ledger_concurrency.py worker|writer ...`.
 """
-import importlib
-import importlib.util
 import ipaddress
 import json
 import os
@@ -28,24 +26,10 @@ BATCH = 6                     # each worker runs 4 ledger updates, so slices rea
 KILL_NODES = 20000            # ~2 MB ledger: a write takes long enough to be hit by kill -9
 
 
-def _load(name):
-    """The module_utils module: via the collection path when it is importable, else from the file."""
-    try:
-        return importlib.import_module('ansible_collections.podnet.fabric.plugins.module_utils.' + name)
-    except ImportError:
-        pass
-    modname = 'podnet_fabric_module_utils_' + name
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            modname, os.path.join(ROOT, 'plugins', 'module_utils', name + '.py'))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[modname]
-
-
-ledger = _load('ledger')
-ipam = _load('ipam')
+# Workers run this file as a script, without tests/conftest.py: put the checkout's collection on the path.
+sys.path.insert(0, os.path.join(ROOT, 'build', 'collections'))
+from ansible_collections.podnet.fabric.plugins.module_utils import ledger  # noqa: E402 pylint: disable=wrong-import-position
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam  # noqa: E402 pylint: disable=wrong-import-position
 
 
 def node_names(n=NODES):

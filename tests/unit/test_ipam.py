@@ -1,33 +1,11 @@
 """Unit tests for plugins/module_utils/ipam.py (pure allocation logic)."""
 import copy
-import importlib
-import importlib.util
 import ipaddress
-import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _load(name):
-    """The module_utils module: via the collection path when it is importable, else from the file."""
-    try:
-        return importlib.import_module('ansible_collections.podnet.fabric.plugins.module_utils.' + name)
-    except ImportError:
-        pass
-    modname = 'podnet_fabric_module_utils_' + name
-    if modname not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            modname, os.path.join(ROOT, 'plugins', 'module_utils', name + '.py'))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[modname]
-
-
-ipam = _load('ipam')
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam
 IpamError = ipam.IpamError
 
 
