@@ -8,24 +8,10 @@ from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.podnet.fabric.plugins.module_utils import inventory
+from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
 CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
 NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs', 'podnet_instance')
-
-
-def _plain(value):
-    """Template results as plain Python containers (the validator compares them exactly)."""
-    if isinstance(value, dict):
-        return dict((str(k), _plain(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    return str(value)
 
 
 class ActionModule(ActionBase):
@@ -48,7 +34,7 @@ class ActionModule(ActionBase):
                 if key not in hv:
                     continue
                 try:
-                    out[key] = _plain(hv[key])
+                    out[key] = plain(hv[key])
                 except AnsibleError as e:
                     template_errors.append('%s: %s: cannot be templated: %s' % (host, key, e.message))
             return out

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pure IPAM logic for every mode (DESIGN.md section 6). No I/O: callers read and write the
 ledger (ledger.py) and the node's stores; this module only computes.
 
@@ -8,9 +8,13 @@ Controller side
 - ``plan_cluster(model, doc, run_nodes, prune=False, node_docs=None) -> (new_doc, changes)``
 - ``rebuild_from_leases(model, leases) -> doc``
 - ``utilization(model, doc, node_docs=None) -> report``
-- ``node_lease(doc, node) -> lease`` (what the node stores in /var/lib/podnet/ipam/lease.json)
+- ``node_lease(doc, node, mode=None) -> lease`` (what the node stores in
+  /var/lib/podnet/ipam/lease.json)
 
 Node side
+- ``lease_cidrs(lease)``, ``lease_router_ips(lease)``, ``lease_host_addresses(lease)``: what the
+  host device holds; ``endpoint_source(lease, labels) -> (pool, {family: cidrs})``;
+  ``store_usage(store)`` / ``store_crd_used(store)``: what the controller records of a node's use
 - ``plan_endpoint_ip(store, cidrs_or_pool, endpoint_id, family, pool=None) -> (new_store, ip)``
 - ``release_endpoint_ip(store, endpoint_id, family=None) -> (new_store, released_ips)``
 - ``router_ip(cidr)``: the gateway address the host device holds for a pod CIDR.
@@ -677,16 +681,22 @@ def _plan_crd(inventory, run, plan, node_docs):
 # leases, rebuild, reports
 
 
-def node_lease(doc, node):
-    """The lease a node keeps in /var/lib/podnet/ipam/lease.json, from the ledger's entry."""
+def node_lease(doc, node, mode=None):
+    """The lease a node keeps in /var/lib/podnet/ipam/lease.json, from the ledger's entry.
+
+    mode: the IPAM mode, recorded in the lease (when given) so that the node's endpoint
+    allocation knows whether to use the node's cidrs or its multi-pool pools."""
     entry = (doc.get('nodes') or {}).get(node)
     if entry is None:
         return None
-    return {'cluster': doc.get('cluster'), 'node': node, 'ip': entry.get('ip'),
-            'cidrs': {fam: list((entry.get('cidrs') or {}).get(fam) or []) for fam in FAMILIES},
-            'pools': dict((p, {fam: list((v or {}).get(fam) or []) for fam in FAMILIES})
-                          for p, v in (entry.get('pools') or {}).items()),
-            'allocated_at': entry.get('allocated_at', 0)}
+    lease = {'cluster': doc.get('cluster'), 'node': node, 'ip': entry.get('ip'),
+             'cidrs': {fam: list((entry.get('cidrs') or {}).get(fam) or []) for fam in FAMILIES},
+             'pools': dict((p, {fam: list((v or {}).get(fam) or []) for fam in FAMILIES})
+                           for p, v in (entry.get('pools') or {}).items()),
+             'allocated_at': entry.get('allocated_at', 0)}
+    if mode is not None:
+        lease['mode'] = mode
+    return lease
 
 
 def rebuild_from_leases(model, leases):
@@ -765,7 +775,7 @@ def utilization(model, doc, node_docs=None):
         if mode == 'multi-pool':
             return dict((p, {f: list((v or {}).get(f) or []) for f in FAMILIES})
                         for p, v in (entry.get('pools') or {}).items())
-        name = {'kubernetes': 'kubernetes', 'crd': 'crd', 'eni': 'eni'}.get(mode, DEFAULT_POOL)
+        name = mode_pool(mode)
         return {name: {f: list((entry.get('cidrs') or {}).get(f) or []) for f in FAMILIES}}
 
     def endpoints_used(n, entry, pname, fam):
@@ -836,6 +846,91 @@ def utilization(model, doc, node_docs=None):
                                     'free': None if size is None else size - used,
                                     'percent': None if size is None else _pct(used, size)}
     return report
+
+
+# ------------------------------------------------------------------------------------------
+# node side: the lease
+
+
+def mode_pool(mode):
+    """The pool name endpoint IPs are counted under outside multi-pool mode (as the report names
+    it): 'default' for cluster-pool, else the mode's name ('kubernetes', 'crd', 'eni')."""
+    return mode if mode in ('kubernetes', 'crd', 'eni') else DEFAULT_POOL
+
+
+def lease_cidrs(lease):
+    """{family: [cidr, ...]}: every CIDR the lease holds (its cidrs, then its pools' blocks in
+    pool-name order), each once."""
+    out = dict((fam, []) for fam in FAMILIES)
+    lease = lease or {}
+    sources = [lease.get('cidrs') or {}]
+    sources.extend((lease.get('pools') or {})[p] or {} for p in sorted(lease.get('pools') or {}))
+    for src in sources:
+        for fam in FAMILIES:
+            for c in src.get(fam) or ():
+                if c not in out[fam]:
+                    out[fam].append(c)
+    return out
+
+
+def lease_router_ips(lease):
+    """The router IPs of every CIDR of the lease (IPv4 first); single addresses have none."""
+    out = []
+    cidrs = lease_cidrs(lease)
+    for fam in FAMILIES:
+        for c in cidrs[fam]:
+            ip = router_ip(c)
+            if ip is not None and ip not in out:
+                out.append(ip)
+    return out
+
+
+def lease_host_addresses(lease):
+    """The router IPs as the host device holds them: address/32 and address/128."""
+    return ['%s/%d' % (ip, MAX_BITS[family_of(ip)]) for ip in lease_router_ips(lease)]
+
+
+def endpoint_source(lease, labels=None):
+    """(pool, {family: [cidr, ...]}) an endpoint allocates from, given the node's lease and the
+    endpoint's labels. multi-pool: the pool named by the label ``ipam.podnet.io/ip-pool``
+    (else 'default'), which the node must hold blocks of; other modes: the node's cidrs, under
+    mode_pool(mode); the pool label is an error there unless it names that pool."""
+    lease = lease or {}
+    mode = lease.get('mode') or ('multi-pool' if lease.get('pools') else 'cluster-pool')
+    label = (labels or {}).get(ENDPOINT_POOL_LABEL)
+    if mode == 'multi-pool':
+        pool = label or DEFAULT_POOL
+        held = (lease.get('pools') or {}).get(pool)
+        if not held or not any(held.get(fam) for fam in FAMILIES):
+            have = sorted(p for p, v in (lease.get('pools') or {}).items()
+                          if any((v or {}).get(f) for f in FAMILIES))
+            raise IpamError("pool '%s': node %s holds no blocks of it (it holds: %s); a node serves a "
+                            "pool when the pool has pre_allocation or the node's label %s names it"
+                            % (pool, lease.get('node'), ', '.join(have) or 'none', NODE_POOLS_LABEL))
+        return pool, dict((fam, list(held.get(fam) or [])) for fam in FAMILIES)
+    pool = mode_pool(mode)
+    if label and label != pool:
+        raise IpamError("labels.%s: %r needs podnet_ipam.mode multi-pool (this node's mode is %s)"
+                        % (ENDPOINT_POOL_LABEL, label, mode))
+    cidrs = lease.get('cidrs') or {}
+    return pool, dict((fam, list(cidrs.get(fam) or [])) for fam in FAMILIES)
+
+
+def store_usage(store):
+    """{pool: {family: count}} of the endpoint addresses a node's store holds (non-zero only);
+    the controller records it as the ledger entry's pools_used."""
+    out = {}
+    for ip, rec in ((store or {}).get('used') or {}).items():
+        pool = (rec or {}).get('pool') or DEFAULT_POOL
+        fams = out.setdefault(pool, {})
+        fam = family_of(ip)
+        fams[fam] = fams.get(fam, 0) + 1
+    return out
+
+
+def store_crd_used(store):
+    """The store as CiliumNode-style status.ipam.used: {ip: {'owner': endpoint}}."""
+    return dict((ip, {'owner': (rec or {}).get('owner')}) for ip, rec in ((store or {}).get('used') or {}).items())
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The durable, cluster-wide ledger (DESIGN.md section 6).
 
 The ledger is the one record of cluster-wide allocations (pod CIDRs now, identities later).
@@ -49,8 +49,9 @@ import json
 import os
 import random
 import re
-import tempfile
 import time
+
+from ansible_collections.podnet.fabric.plugins.module_utils import statefile
 
 SCHEMA_VERSION = 1
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -247,36 +248,14 @@ class _FileDoc:
                     pass
 
     def _write(self, doc):
-        data = dumps(doc)
         try:
             mode = os.stat(self.path).st_mode & 0o7777
         except OSError:
             mode = 0o644
-        fd = -1
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix='.' + self.base + '.', suffix='.tmp', dir=self.dir)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, self.path)
-            tmp = None
-            _fsync_dir(self.dir)
-        except OSError as e:
-            raise LedgerError('%s: cannot write: %s' % (self.path, e))
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+            statefile.write_bytes(self.path, dumps(doc), mode)
+        except statefile.StateFileError as e:
+            raise LedgerError(str(e))
 
     def update(self, fn):
         fd = self._lock()

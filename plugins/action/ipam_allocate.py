@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Cluster-wide IPAM allocation on the controller, through the durable ledger (DESIGN.md 6)."""
+from __future__ import annotations
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
+
+
+def _headline(changes, limit=4):
+    """The plan's changes in one line for the diff header (the full list is in `changes`)."""
+    msgs = [c['msg'] for c in changes if c['action'] not in ('note',)]
+    if not msgs:
+        return 'no change'
+    more = ' (and %d more)' % (len(msgs) - limit) if len(msgs) > limit else ''
+    return '; '.join(msgs[:limit]) + more
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(('nodes', 'prune', 'group', 'model'))
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        try:
+            return self._run(result, args, task_vars)
+        except (ipam.IpamError, ledger.LedgerError) as e:
+            result.update(failed=True, changed=False, msg=str(e))
+            return result
+        except AnsibleActionFail as e:
+            result.update(failed=True, changed=False, msg=e.message)
+            return result
+
+    def _run(self, result, args, task_vars):
+        model = ctl.require_model(task_vars, args.get('model'))
+        group = args.get('group') or 'podnet_nodes'
+        prune = boolean(args.get('prune', False), strict=True)
+        members = set((task_vars.get('groups') or {}).get(group) or model['nodes'])
+        nodes = args.get('nodes')
+        if nodes is None:
+            nodes = task_vars.get('ansible_play_hosts_all') or []
+        if isinstance(nodes, str) or not isinstance(nodes, (list, tuple)):
+            raise AnsibleActionFail('nodes: expected a list of host names, got %r' % (nodes,))
+        # Hosts of the play that are not cluster nodes (a lab router, localhost) are not ours.
+        run = [str(n) for n in nodes if str(n) in members]
+        mode = model['ipam']['mode']
+        led = ctl.open_ledger(model)
+
+        node_docs = None
+        if mode == 'crd':
+            listed = set(led.list_node_docs())
+            node_docs = dict((n, led.read_node_doc(n)) for n in run if n in listed)
+
+        seen = {}
+
+        def plan(doc):
+            new, changes = ipam.plan_cluster(model, doc, run, prune=prune, node_docs=node_docs)
+            seen['before'] = doc
+            seen['changes'] = changes
+            return new
+
+        check = self._task.check_mode
+        if check:
+            before = led.read()
+            after = plan(before)
+            changed = after is not before and after != before
+        else:
+            after, changed = led.update(plan)
+            before = seen.get('before', after)
+        changes = seen.get('changes', [])
+
+        allocations = dict((n, ctl.lease_of(after, n, mode)) for n in run)
+        waiting = sorted((n for n in run if allocations[n] is None and mode != 'eni'), key=ipam.natural_key)
+        old_nodes = before.get('nodes') or {}
+        new_nodes = after.get('nodes') or {}
+        moved = sorted((n for n in set(old_nodes) | set(new_nodes) if old_nodes.get(n) != new_nodes.get(n)),
+                       key=ipam.natural_key)
+        counts = {}
+        for c in changes:
+            counts[c['action']] = counts.get(c['action'], 0) + 1
+        summary = ', '.join('%d %s' % (counts[k], k) for k in sorted(counts) if k not in ('note', 'warning'))
+        result.update(
+            changed=bool(changed),
+            allocations=allocations,
+            changes=changes,
+            waiting=waiting,
+            ledger={'backend': led.backend, 'location': led.location, 'serial': after.get('serial', 0)},
+            diff={'before': dict((n, old_nodes.get(n)) for n in moved),
+                  'after': dict((n, new_nodes.get(n)) for n in moved),
+                  'before_header': 'ledger %s serial %d' % (led.location, before.get('serial', 0)),
+                  'after_header': 'ledger %s serial %d: %s' % (led.location, after.get('serial', 0),
+                                                               _headline(changes))},
+            msg='ipam %s: %d node%s in this run; %s%s; ledger %s serial %d' % (
+                mode, len(run), '' if len(run) == 1 else 's', summary or 'nothing to change',
+                ' (check mode: nothing written)' if check and changed else '',
+                led.location, after.get('serial', 0)),
+        )
+        warnings = [c['msg'] for c in changes if c['action'] == 'warning']
+        if warnings:
+            result['warnings'] = warnings
+        return result

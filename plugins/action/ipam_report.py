@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""IPAM utilization per pool and per node from the ledger, as a table, JSON and an HTML page."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_report as render
+
+
+def _write(path, data):
+    """Write only when the content differs (atomically). Returns True when written."""
+    try:
+        with open(path, 'rb') as f:
+            if f.read() == data:
+                return False
+    except OSError:
+        pass
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(('dest', 'model', 'max_nodes'))
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        try:
+            model = ctl.require_model(task_vars, args.get('model'))
+            led = ctl.open_ledger(model)
+            doc = led.read()
+            node_docs = None
+            if model['ipam']['mode'] == 'crd':
+                node_docs = dict((n, led.read_node_doc(n)) for n in led.list_node_docs())
+            report = ipam.utilization(model, doc, node_docs)
+        except (ipam.IpamError, ledger.LedgerError) as e:
+            result.update(failed=True, msg=str(e))
+            return result
+        except AnsibleActionFail as e:
+            result.update(failed=True, msg=e.message)
+            return result
+        report['ledger'] = {'backend': led.backend, 'location': led.location}
+        max_nodes = int(args.get('max_nodes', 50))
+        result.update(changed=False, utilization=report,
+                      table=render.text_table(report, max_nodes=max_nodes, location=led.location))
+        dest = args.get('dest')
+        if dest:
+            dest = os.path.abspath(os.path.expanduser(str(dest)))
+            files = {'json': os.path.join(dest, 'ipam.json'), 'html': os.path.join(dest, 'ipam.html')}
+            result['files'] = files
+            if not self._task.check_mode:
+                try:
+                    os.makedirs(dest, exist_ok=True)
+                    data_json = (json.dumps(report, sort_keys=True, indent=2) + '\n').encode('utf-8')
+                    data_html = render.html_page(report, location=led.location).encode('utf-8')
+                    written = [_write(files['json'], data_json), _write(files['html'], data_html)]
+                except OSError as e:
+                    result.update(failed=True, msg='%s: cannot write the report: %s' % (dest, e))
+                    return result
+                result['changed'] = any(written)
+        return result

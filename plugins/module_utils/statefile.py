@@ -1,0 +1,129 @@
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Small JSON state files on the node (``/var/lib/podnet/...``): the IPAM lease, the endpoint store.
+
+- ``read_json(path)``: the document, or None when the file does not exist. A file that is not
+  valid JSON is a loud error, never read as empty (that would hand out addresses in use again).
+- ``write_json(path, doc)``: atomic: temp file in the same directory, fsync, ``os.replace``,
+  fsync of the directory. A crash leaves the old or the new file, never a torn one.
+- ``locked(path)``: an exclusive ``flock`` on ``<path>.lock`` around a read-modify-write, so two
+  tasks (or two runs) changing the same store on one node cannot lose each other's update.
+
+Stdlib only: shipped to nodes with the modules.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import time
+
+
+class StateFileError(Exception):
+    """A state file cannot be read, written or locked; the message names the path."""
+
+
+def dumps(doc):
+    """Sorted, indented, trailing newline: stable bytes for equal documents (and readable)."""
+    return (json.dumps(doc, sort_keys=True, indent=2, separators=(',', ': ')) + '\n').encode('utf-8')
+
+
+def read_json(path):
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except (IOError, OSError) as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise StateFileError('%s: cannot read: %s' % (path, e))
+    try:
+        return json.loads(data.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateFileError('%s: not valid JSON (%s); refusing to treat it as empty. Move it away to '
+                             'start over.' % (path, e))
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path, doc, mode=0o644):
+    write_bytes(path, dumps(doc), mode)
+
+
+def write_bytes(path, data, mode=0o644):
+    """Atomically replace `path` with `data`: temp file in the same directory, fsync, rename,
+    fsync the directory. A crash at any point leaves the previous file whole."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd = -1
+    tmp = None
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(directory)
+    except OSError as e:
+        raise StateFileError('%s: cannot write: %s' % (path, e))
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def remove(path):
+    """Remove a state file; a file that is already gone is success."""
+    try:
+        os.unlink(path)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise StateFileError('%s: cannot remove: %s' % (path, e))
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def locked(path, timeout=120.0):
+    """Hold an exclusive flock on ``<path>.lock`` (created with its directory) for the block."""
+    lock_path = path + '.lock'
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o755, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StateFileError('%s: cannot open the lock file: %s' % (lock_path, e))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except (IOError, OSError) as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise StateFileError('%s: cannot lock: %s' % (lock_path, e))
+            if time.monotonic() >= deadline:
+                raise StateFileError('%s: timed out after %.0f s waiting for the lock' % (lock_path, timeout))
+            time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

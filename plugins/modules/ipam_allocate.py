@@ -1,0 +1,120 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: ipam_allocate
+short_description: Allocate the cluster's pod CIDRs in the durable IPAM ledger (controller side)
+version_added: 0.1.0
+description:
+  - Opens the ledger the validated model names (C(podnet_ipam.ledger) - the C(file) backend with an
+    exclusive lock and atomic replace, or C(s3) with conditional writes), gives every node of
+    O(nodes) that lacks one its allocation, writes the ledger, and returns each node's lease.
+  - 'Per mode: C(cluster-pool) gives each node the lowest free block of C(mask_size) per family;
+    C(kubernetes) records each node''s C(podnet_pod_cidrs) (checked for overlaps and containment in
+    C(cluster_cidrs)); C(multi-pool) gives each node blocks of the pools it serves (C(default), pools
+    with C(pre_allocation), pools named by the node label C(ipam.podnet.io/ip-pools)) so that each
+    keeps C(pre_allocation) addresses free; C(crd) records the pool an external allocator wrote to the
+    node''s document (C(spec.ipam.pool) of C(<ledger stem>.d/nodes/<node>.json)); C(eni) records
+    nothing (the ENI role assigns addresses).'
+  - Existing allocations never move, whatever joins or leaves the inventory. A node that is in the
+    ledger but no longer in the inventory keeps its CIDRs until a run with O(prune=true).
+  - The whole plan is computed and written under the ledger's lock (or conditional write), so two
+    jobs or two AWX slices running at once never hand one CIDR to two nodes. An impossible
+    allocation (an exhausted pool, a conflict) fails with the library's message, naming the pool,
+    its size and its use, and writes nothing.
+  - It reads only the model (the fact C(podnet_model) on C(localhost), set by
+    M(podnet.fabric.validate)) and the ledger, never other hosts' variables, so it works under
+    C(--limit) and AWX job slicing.
+  - This is an action plugin; it runs on the controller only and never connects to a node. Run it
+    once per play (C(run_once), C(delegate_to=localhost)); the C(podnet.fabric.ipam) role does.
+author:
+  - podnet.fabric maintainers (@podnet)
+options:
+  nodes:
+    description:
+      - The nodes of this run, normally C(ansible_play_hosts_all). Only these nodes get allocations
+        and leases; hosts that are not in O(group) (a lab router, for example) are ignored.
+      - Defaults to the hosts of the current play.
+    type: list
+    elements: str
+  prune:
+    description:
+      - Release the allocations of ledger nodes that are not in the inventory (not in the model's
+        nodes). Their CIDRs can then be handed to new nodes.
+      - Do not use it with sliced inventories (AWX job slicing, or inventories that hold only part
+        of the cluster) because every node outside the slice looks removed and would lose its CIDR.
+        C(--limit) is safe, because the model still holds the whole inventory.
+    type: bool
+    default: false
+  group:
+    description: The inventory group holding the cluster's nodes (as for M(podnet.fabric.validate)).
+    type: str
+    default: podnet_nodes
+  model:
+    description: The validated model; defaults to the fact C(podnet_model) of C(localhost).
+    type: dict
+attributes:
+  action:
+    support: full
+    description: Runs on the controller as an action plugin; it never connects to a node.
+  check_mode:
+    support: full
+    description: Reads the ledger and plans; writes nothing, returns the planned allocations and diff.
+  diff_mode:
+    support: full
+    description: Returns the ledger entries of the nodes that change, before and after.
+seealso:
+  - module: podnet.fabric.validate
+  - module: podnet.fabric.ipam_node
+  - module: podnet.fabric.ipam_report
+'''
+
+EXAMPLES = r'''
+- name: Allocate for the nodes of this play
+  podnet.fabric.ipam_allocate:
+    nodes: "{{ ansible_play_hosts_all }}"
+  delegate_to: localhost
+  run_once: true
+  register: alloc
+
+- name: Release the CIDRs of nodes removed from the (whole, unsliced) inventory
+  podnet.fabric.ipam_allocate:
+    nodes: "{{ ansible_play_hosts_all }}"
+    prune: true
+  delegate_to: localhost
+  run_once: true
+'''
+
+RETURN = r'''
+allocations:
+  description: Each run node's lease (null while a C(crd) node has no pool yet, and in C(eni) mode).
+  returned: success
+  type: dict
+  sample: {node1: {cluster: lab, node: node1, ip: 192.168.50.11, mode: cluster-pool, allocated_at: 1,
+                   cidrs: {ipv4: [10.244.0.0/24], ipv6: []}, pools: {}}}
+changes:
+  description: What the plan did, each with C(action) (allocated, released, recorded, updated, note,
+    warning), a readable C(msg) and structured fields.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{action: allocated, msg: "node1: allocated ipv4 10.244.0.0/24", node: node1, family: ipv4,
+            pool: default, cidrs: [10.244.0.0/24]}]
+waiting:
+  description: Run nodes without an allocation yet (C(crd) mode before the external allocator wrote
+    their pool).
+  returned: success
+  type: list
+  elements: str
+ledger:
+  description: The ledger's backend, location and serial after the run.
+  returned: success
+  type: dict
+  sample: {backend: file, location: /var/lib/podnet/ledger/lab.json, serial: 3}
+'''

@@ -1,0 +1,176 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: ipam_node
+short_description: Store a node's IPAM lease and report its pod CIDRs and router IPs
+version_added: 0.1.0
+description:
+  - Keeps the node's own copy of its allocation (its lease) in O(path), by default
+    C(/var/lib/podnet/ipam/lease.json), written atomically (temp file, fsync, rename). The
+    cluster-wide ledger can be rebuilt from these leases.
+  - Returns the node's pod CIDRs and the router (gateway) IP of each, the first host address of
+    the CIDR, as C(address/32) and C(address/128) ready for M(podnet.fabric.host_device).
+  - The lease comes from M(podnet.fabric.ipam_allocate) (its C(allocations[node])); the
+    C(podnet.fabric.ipam) role wires the two together.
+  - Without O(lease) (and O(state=present)) it only reads the stored lease and changes nothing;
+    C(playbooks/verify.yml) uses that.
+author:
+  - podnet.fabric maintainers (@podnet)
+options:
+  lease:
+    description:
+      - The node's lease, as M(podnet.fabric.ipam_allocate) returns it (C(cluster), C(node),
+        C(ip), C(cidrs), C(pools), C(allocated_at), C(mode)). Stored exactly.
+      - Omit it to read the stored lease only.
+    type: dict
+  path:
+    description: Where the lease is stored on the node.
+    type: path
+    default: /var/lib/podnet/ipam/lease.json
+  state:
+    description: Whether the lease file exists. C(absent) removes it (endpoint IPs are not touched).
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+    description: Reads the stored lease, plans, and reports the plan and diff without writing.
+  diff_mode:
+    support: full
+    description: Returns the stored lease before and after (projected in check mode).
+'''
+
+EXAMPLES = r'''
+- name: Allocate on the controller
+  podnet.fabric.ipam_allocate:
+    nodes: "{{ ansible_play_hosts_all }}"
+  delegate_to: localhost
+  run_once: true
+  register: alloc
+
+- name: Store the lease on each node
+  podnet.fabric.ipam_node:
+    lease: "{{ alloc.allocations[inventory_hostname] }}"
+  register: lease
+
+- name: Put the router IPs on the host device
+  podnet.fabric.host_device:
+    underlay_ip: "{{ podnet_node_ip }}"
+    addresses: "{{ lease.addresses }}"
+
+- name: Read the stored lease only
+  podnet.fabric.ipam_node:
+  register: stored
+'''
+
+RETURN = r'''
+lease:
+  description: The stored lease after the run (projected in check mode); null when there is none.
+  returned: always
+  type: dict
+  sample: {cluster: lab, node: node1, ip: 192.168.50.11, mode: cluster-pool, allocated_at: 1,
+           cidrs: {ipv4: [10.244.0.0/24], ipv6: ["fd00::/120"]}, pools: {}}
+cidrs:
+  description: Every pod CIDR of the lease (its C(cidrs) and its multi-pool blocks), per family.
+  returned: always
+  type: dict
+  sample: {ipv4: [10.244.0.0/24], ipv6: ["fd00::/120"]}
+router_ips:
+  description: The router (gateway) IP of each pod CIDR; single addresses (CRD pools) have none.
+  returned: always
+  type: list
+  elements: str
+  sample: [10.244.0.1, "fd00::1"]
+addresses:
+  description: The router IPs as the host device holds them.
+  returned: always
+  type: list
+  elements: str
+  sample: [10.244.0.1/32, "fd00::1/128"]
+plan:
+  description: The actions taken, or that would be taken in check mode.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{action: write, path: /var/lib/podnet/ipam/lease.json}]
+'''
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+
+
+def _canonical_lease(module, lease):
+    """The lease as plain JSON values, checked enough that the host device gets valid addresses."""
+    lease = json.loads(json.dumps(lease))
+    for key in ('node', 'cidrs'):
+        if key not in lease:
+            module.fail_json(msg='lease: missing key %r (pass ipam_allocate\'s allocations[node])' % key)
+    try:
+        ipam.lease_router_ips(lease)
+    except ipam.IpamError as e:
+        module.fail_json(msg='lease: %s' % e)
+    return lease
+
+
+def plan(desired, realized, path, read_only):
+    if read_only or desired == realized['lease']:
+        return []
+    if desired is None:
+        return [{'action': 'remove', 'path': path}]
+    return [{'action': 'write', 'path': path}]
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            lease=dict(type='dict'),
+            path=dict(type='path', default='/var/lib/podnet/ipam/lease.json'),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    read_only = p['state'] == 'present' and p['lease'] is None
+    desired = None if p['state'] == 'absent' or read_only else _canonical_lease(module, p['lease'])
+
+    def read():
+        return {'lease': statefile.read_json(p['path'])}
+
+    def apply(actions):
+        for a in actions:
+            if a['action'] == 'write':
+                statefile.write_json(p['path'], desired)
+            else:
+                statefile.remove(p['path'])
+
+    try:
+        result = Reconciler(
+            module, read,
+            plan=lambda realized: plan(desired, realized, p['path'], read_only),
+            apply=apply,
+            project=lambda realized, actions: {'lease': desired},
+        ).run()
+        lease = result['state']['lease']
+        cidrs = ipam.lease_cidrs(lease)
+        result.update(lease=lease, cidrs=cidrs, router_ips=ipam.lease_router_ips(lease),
+                      addresses=ipam.lease_host_addresses(lease))
+    except (statefile.StateFileError, ipam.IpamError) as e:
+        module.fail_json(msg=str(e))
+    del result['state']
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()

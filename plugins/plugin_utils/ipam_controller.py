@@ -1,0 +1,90 @@
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller-side IPAM helpers shared by the ipam_* action plugins.
+
+The model comes from the fact ``podnet_model`` that ``podnet.fabric.validate`` sets on
+``localhost``; it is the only host variable these plugins read besides the task's own host:
+cluster-wide allocation goes through the ledger, never through other hosts' hostvars (AWX slices).
+"""
+from __future__ import annotations
+
+from ansible.errors import AnsibleActionFail
+
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
+
+
+def get_model(task_vars, explicit=None):
+    """The validated model: the task's ``model`` argument, else localhost's ``podnet_model`` fact.
+    None when neither exists."""
+    if explicit:
+        return plain(explicit)
+    hostvars = task_vars.get('hostvars') or {}
+    try:
+        local = hostvars['localhost']
+        model = local.get('podnet_model') if hasattr(local, 'get') else None
+    except KeyError:
+        model = None
+    if model is None:
+        model = task_vars.get('podnet_model')
+    return plain(model) if model else None
+
+
+def require_model(task_vars, explicit=None):
+    model = get_model(task_vars, explicit)
+    if not model:
+        raise AnsibleActionFail('podnet_model is not set: run podnet.fabric.validate on localhost first '
+                                '(playbooks/site.yml does), or pass model')
+    return model
+
+
+def open_ledger(model):
+    try:
+        return ledger.open_ledger(model['ipam']['ledger'], cluster=model['cluster']['name'])
+    except ledger.LedgerError as e:
+        raise AnsibleActionFail(str(e))
+
+
+def record_use(model, node, usage, node_used):
+    """Record one node's endpoint use on the controller. crd mode: the node document's
+    status.ipam.used (what the external allocator must not take back); other modes: the ledger
+    entry's pools_used (utilization report, multi-pool pre_allocation). Returns
+    {'updated', 'location', 'record'}. Raises LedgerError."""
+    mode = model['ipam']['mode']
+    led = ledger.open_ledger(model['ipam']['ledger'], cluster=model['cluster']['name'])
+    if mode == 'eni':
+        return {'updated': False, 'location': led.location, 'record': None}
+    if mode == 'crd':
+        used = dict((ip, {'owner': (rec or {}).get('owner')}) for ip, rec in (node_used or {}).items())
+
+        def set_status(doc):
+            status = doc.setdefault('status', {})
+            status.setdefault('ipam', {})['used'] = used
+            return doc
+        _doc, changed = led.update_node_doc(node, set_status)
+        where = led.node_doc_path(node) if hasattr(led, 'node_doc_path') else 's3://%s/%s' % (
+            led.bucket, led.node_doc_key(node))
+        return {'updated': changed, 'location': where, 'record': 'status.ipam.used'}
+
+    counts = {}
+    for pool, fams in (usage or {}).items():
+        nz = dict((f, int(n)) for f, n in (fams or {}).items() if int(n) > 0)
+        if nz:
+            counts[pool] = nz
+
+    def set_pools_used(doc):
+        entry = doc['nodes'].get(node)
+        if entry is None:
+            return doc          # not allocated by this ledger: nothing to record against
+        if counts:
+            entry['pools_used'] = counts
+        else:
+            entry.pop('pools_used', None)
+        return doc
+    _doc, changed = led.update(set_pools_used)
+    return {'updated': changed, 'location': led.location, 'record': 'pools_used'}
+
+
+def lease_of(doc, node, mode):
+    return ipam.node_lease(doc, node, mode=mode)
