@@ -63,13 +63,23 @@ def nsenter(prefix, node, argv, check=True):
     return p.stdout
 
 
+VOLATILE_KEYS = ('stats', 'stats64', 'valid_life_time', 'preferred_life_time', 'operstate',
+                 'tentative', 'dadfailed', 'optimistic')
+
+
+def _link_local(entry):
+    # IPv6 link-local addresses and their routes appear by themselves about a second after a
+    # device comes up (duplicate address detection): the kernel's doing, not podnet's.
+    return isinstance(entry, dict) and (str(entry.get('dst', '')).startswith(('fe80', 'ff00'))
+                                        or str(entry.get('local', '')).startswith('fe80'))
+
+
 def _strip_volatile(obj):
-    """Drop counters that move by themselves (stats, timers) from ip -j output."""
+    """Drop what moves by itself (counters, timers, DAD state, link-local) from ip -j output."""
     if isinstance(obj, dict):
-        return dict((k, _strip_volatile(v)) for k, v in obj.items()
-                    if k not in ('stats', 'stats64', 'valid_life_time', 'preferred_life_time', 'operstate'))
+        return dict((k, _strip_volatile(v)) for k, v in obj.items() if k not in VOLATILE_KEYS)
     if isinstance(obj, list):
-        return [_strip_volatile(v) for v in obj]
+        return [_strip_volatile(v) for v in obj if not _link_local(v)]
     return obj
 
 
