@@ -25,6 +25,7 @@ down: bootstrap
 test: bootstrap
 	$(MAKE) sanity lint unit integration
 	$(MAKE) molecule SCENARIO=default
+	$(MAKE) molecule SCENARIO=ipam
 	@echo "make test: all suites passed"
 
 # ansible-test needs the collection at ansible_collections/<ns>/<name>: test a copy of the tracked files.
