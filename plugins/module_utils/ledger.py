@@ -176,14 +176,6 @@ def _apply(fn, old, data, validate):
 # file backend
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _FileDoc:
     """One JSON document on a local filesystem, updated under an exclusive flock."""
 
