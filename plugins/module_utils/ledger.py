@@ -262,7 +262,27 @@ class _FileDoc:
             os.close(fd)  # closing the descriptor releases the flock
 
 
-class FileLedger:
+class _Ledger(object):
+    """What both backends offer on top of their document store: subclasses set ``self._doc``,
+    ``self.location`` and ``self.cluster``, and build one node's store in ``_node(node)``."""
+
+    def _validate(self, doc):
+        return validate_doc(doc, self.location, self.cluster)
+
+    def read(self):
+        return self._doc.read()
+
+    def update(self, fn):
+        return self._doc.update(fn)
+
+    def read_node_doc(self, node):
+        return self._node(node).read()
+
+    def update_node_doc(self, node, fn):
+        return self._node(node).update(fn)
+
+
+class FileLedger(_Ledger):
     backend = 'file'
 
     def __init__(self, path, cluster=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
@@ -276,15 +296,6 @@ class FileLedger:
         self.nodes_dir = os.path.join(os.path.dirname(self.path), stem + '.d', 'nodes')
         self.location = self.path
 
-    def _validate(self, doc):
-        return validate_doc(doc, self.path, self.cluster)
-
-    def read(self):
-        return self._doc.read()
-
-    def update(self, fn):
-        return self._doc.update(fn)
-
     def node_doc_path(self, node):
         return os.path.join(self.nodes_dir, _check_node_name(node) + '.json')
 
@@ -292,12 +303,6 @@ class FileLedger:
         path = self.node_doc_path(node)
         return _FileDoc(path, lambda d: validate_node_doc(d, path, node), lambda: empty_node_doc(node),
                         self.lock_timeout)
-
-    def read_node_doc(self, node):
-        return self._node(node).read()
-
-    def update_node_doc(self, node, fn):
-        return self._node(node).update(fn)
 
     def list_node_docs(self):
         try:
@@ -378,7 +383,7 @@ class _S3Doc:
                           'our read and our conditional write' % (self.where, attempts))
 
 
-class S3Ledger:
+class S3Ledger(_Ledger):
     backend = 's3'
 
     def __init__(self, bucket, key, endpoint_url=None, region=None, cluster=None,
@@ -425,15 +430,6 @@ class S3Ledger:
             self._errors = (ClientError, BotoCoreError)
         return self._client
 
-    def _validate(self, doc):
-        return validate_doc(doc, self.location, self.cluster)
-
-    def read(self):
-        return self._doc.read()
-
-    def update(self, fn):
-        return self._doc.update(fn)
-
     def node_doc_key(self, node):
         return self.nodes_prefix + _check_node_name(node) + '.json'
 
@@ -441,12 +437,6 @@ class S3Ledger:
         key = self.node_doc_key(node)
         where = 's3://%s/%s' % (self.bucket, key)
         return _S3Doc(self, key, lambda d: validate_node_doc(d, where, node), lambda: empty_node_doc(node))
-
-    def read_node_doc(self, node):
-        return self._node(node).read()
-
-    def update_node_doc(self, node, fn):
-        return self._node(node).update(fn)
 
     def list_node_docs(self):
         client = self.client()
