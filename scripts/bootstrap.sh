@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-pip python3-bpfcc bpftool linux-headers-amd64 iproute2 nftables
+APT_PACKAGES=(python3-venv python3-pip python3-bpfcc python3-nftables bpftool linux-headers-amd64 iproute2 nftables
   tcpdump iperf3 bird2 frr rsync make git util-linux procps iputils-ping)
 
 missing=()

@@ -92,6 +92,7 @@ class ActionModule(ActionBase):
         result.update(
             changed=bool(changed),
             allocations=allocations,
+            cluster=ipam.cluster_map(after),
             changes=changes,
             waiting=waiting,
             ledger={'backend': led.backend, 'location': led.location, 'serial': after.get('serial', 0)},

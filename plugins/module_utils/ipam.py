@@ -873,6 +873,18 @@ def lease_cidrs(lease):
     return out
 
 
+def cluster_map(doc):
+    """Every node of the ledger as routing needs it: {node: {'ip', 'cidrs': {family: [...]}}}.
+
+    The ledger, not the inventory of one run, is the cluster: a run limited to some nodes (or
+    one AWX slice) still routes to all of them; a node leaves the map when it is pruned."""
+    out = {}
+    for node in sorted(doc.get('nodes') or {}, key=natural_key):
+        lease = node_lease(doc, node)
+        out[node] = {'ip': lease['ip'], 'cidrs': lease_cidrs(lease)}
+    return out
+
+
 def lease_router_ips(lease):
     """The router IPs of every CIDR of the lease (IPv4 first); single addresses have none."""
     out = []

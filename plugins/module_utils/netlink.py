@@ -20,8 +20,9 @@ except ImportError:
     HAS_PYROUTE2 = False
     PYROUTE2_IMPORT_ERROR = traceback.format_exc()
 
-# Routes podnet installs carry this protocol number (registered in /etc/iproute2/rt_protos.d).
-RTPROT_PODNET = 188
+# Routes podnet installs carry this protocol number (named in /etc/iproute2/rt_protos.d/podnet.conf).
+# Not 186-192: those are bgp, isis, ospf, rip, eigrp, which FRR and BIRD install on the same nodes.
+RTPROT_PODNET = 201
 IFF_UP = 1
 AF_INET = 2
 AF_INET6 = 10
@@ -95,3 +96,45 @@ def routes(ipr, proto=None, table=254):
             'table': r.get_attr('RTA_TABLE') or r['table'],
         })
     return sorted(out, key=lambda r: (r['dst'], r['dev'] or ''))
+
+
+# Link kinds a probe can create with no attributes beyond these (the probe's namespace is thrown away).
+_PROBE_ATTRS = {
+    'vxlan': {'vxlan_id': 1, 'vxlan_port': 8472},
+    'geneve': {'geneve_id': 1, 'geneve_remote': '127.0.0.1'},
+    'veth': {'peer': 'probe1'},
+    'dummy': {},
+}
+CLONE_NEWNET = 0x40000000
+
+
+def link_kind_supported(kind):
+    """Whether this kernel can create a link of `kind` (vxlan, geneve, veth, dummy).
+
+    Asks the kernel itself: a forked child moves into a fresh, private network namespace and
+    creates the link there, so nothing on the node changes (the namespace dies with the child),
+    and a driver that is a loadable module gets loaded as it would for real use. Reading
+    /proc/config.gz or /sys/module would miss modules not yet loaded and kernels without config.
+    """
+    import ctypes
+    import os
+
+    pid = os.fork()
+    if pid == 0:   # child: never returns
+        code = 3
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                os._exit(2)
+            with IPRoute() as ipr:
+                ipr.link('add', ifname='probe0', kind=kind, **_PROBE_ATTRS.get(kind, {}))
+            code = 0
+        except Exception:   # NetlinkError: the kernel has no such link kind
+            code = 1
+        finally:
+            os._exit(code)
+    status = os.waitpid(pid, 0)[1]
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 3
+    if code == 2:
+        raise OSError('unshare(CLONE_NEWNET) failed: cannot probe link kinds without root')
+    return code == 0

@@ -13,7 +13,7 @@ short_description: Read a node's pod-networking state from the kernel
 version_added: 0.1.0
 description:
   - Reports what podnet cares about on a node, read from the kernel and the filesystem, changing
-    nothing - links and their addresses, routes podnet owns (protocol 188), sysctls, whether bpffs is
+    nothing - links and their addresses, routes podnet owns (protocol 201), sysctls, whether bpffs is
     mounted, the kernel headers bcc needs, and the Python libraries the node modules need.
   - Used by C(playbooks/verify.yml), the prerequisites role's checks, and the tests.
 author:
@@ -31,6 +31,14 @@ options:
   underlay_ip:
     description: The node's underlay address; when given, C(underlay) reports the device holding it.
     type: str
+  link_kinds:
+    description:
+      - Link kinds to probe, for example C(geneve) or C(vxlan). The kernel is asked to create
+        each in a private network namespace that is thrown away, so nothing on the node changes;
+        C(kernel.link_kinds) says which it could create.
+    type: list
+    elements: str
+    default: []
   paths:
     description: Files to report on (exists, size); for example the node's leases under C(/var/lib/podnet).
     type: list
@@ -66,17 +74,18 @@ hostname:
   type: str
   sample: node1
 kernel:
-  description: The running kernel release and where its headers are.
+  description: The running kernel release, where its headers are, and which of O(link_kinds) it can create.
   returned: always
   type: dict
-  sample: {release: 6.1.0-26-amd64, headers: /lib/modules/6.1.0-26-amd64/build, headers_ok: true}
+  sample: {release: 6.1.0-26-amd64, headers: /lib/modules/6.1.0-26-amd64/build, headers_ok: true,
+           link_kinds: {geneve: false, vxlan: true}}
 links:
   description: Every link of the node's network namespace, by name.
   returned: always
   type: dict
   sample: {podnet_host: {kind: veth, mtu: 1450, up: true, addresses: [10.244.1.1/32]}}
 routes:
-  description: IPv4 routes of the main table that podnet owns (protocol 188).
+  description: IPv4 routes of the main table that podnet owns (protocol 201).
   returned: always
   type: list
   elements: dict
@@ -151,6 +160,7 @@ def main():
             bpffs=dict(type='path', default='/sys/fs/bpf'),
             paths=dict(type='list', elements='path', default=[]),
             underlay_ip=dict(type='str'),
+            link_kinds=dict(type='list', elements='str', default=[]),
         ),
         supports_check_mode=True,
     )
@@ -160,7 +170,9 @@ def main():
         changed=False,
         hostname=socket.gethostname(),
         kernel=dict(release=release, headers=headers,
-                    headers_ok=os.path.isdir(os.path.join(headers, 'include'))),
+                    headers_ok=os.path.isdir(os.path.join(headers, 'include')),
+                    link_kinds=dict((k, netlink.link_kind_supported(k)) for k in module.params['link_kinds'])
+                    if netlink.HAS_PYROUTE2 else {}),
         sysctls=dict((s, _sysctl(s)) for s in module.params['sysctls']),
         bpffs=_bpffs_mounted(module.params['bpffs']),
         python=_python_libs(),

@@ -1,0 +1,230 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: lab_capture
+short_description: Capture packets on a lab's underlay while traffic runs inside its nodes
+version_added: 0.1.0
+description:
+  - Runs C(tcpdump) on the underlay bridge of a lab made by M(podnet.fabric.lab_cluster) (in the
+    lab's underlay namespace C(<prefix>-ul)), runs the given traffic commands inside lab members
+    (optionally inside a network namespace of the member, such as a pod's), stops the capture and
+    returns the packets, decoded. It proves what crossed the wire, for example VXLAN on UDP 8472
+    in tunnel mode or plain pod-to-pod IP in native mode.
+  - UDP packets are decoded as VXLAN (C(tcpdump -T vxlan)), giving the inner addresses of those
+    sent to O(vxlan_port); keep other UDP traffic out of O(filter).
+  - Lab-only and read-only towards the cluster; it runs on the machine hosting the lab
+    (C(localhost)). The capture and the traffic commands are processes it starts and ends.
+author:
+  - podnet.fabric maintainers (@podnet)
+options:
+  prefix:
+    description: The lab's name prefix.
+    type: str
+    required: true
+  interface:
+    description: The interface in the underlay namespace to capture on.
+    type: str
+    default: br0
+  filter:
+    description: A tcpdump (pcap) filter expression.
+    type: str
+    default: ''
+  vxlan_port:
+    description: UDP port decoded as VXLAN.
+    type: int
+    default: 8472
+  traffic:
+    description: Commands to run, in order, while capturing.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      member:
+        description: The lab member (node) to run the command in.
+        type: str
+        required: true
+      netns:
+        description: A named network namespace inside the member (for example a pod's) to run it in.
+        type: str
+      argv:
+        description: The command.
+        type: list
+        elements: str
+        required: true
+  settle:
+    description: Seconds to wait after the traffic before stopping the capture.
+    type: float
+    default: 0.5
+notes:
+  - Needs C(tcpdump) on the lab machine.
+attributes:
+  check_mode:
+    support: full
+    description: Changes nothing on any node; it runs in check mode too.
+  diff_mode:
+    support: none
+    description: Nothing to diff.
+'''
+
+EXAMPLES = r'''
+- name: Ping a pod on node2 from node1's health endpoint and capture the underlay
+  podnet.fabric.lab_capture:
+    prefix: pnt
+    filter: udp or icmp
+    traffic:
+      - member: node1
+        netns: podnet-health
+        argv: [ping, -c, "2", 10.244.1.2]
+  delegate_to: localhost
+  register: capture
+'''
+
+RETURN = r'''
+packets:
+  description:
+    - Each captured packet. C(src)/C(dst) are the outer addresses, C(proto) C(udp), C(tcp),
+      C(icmp) or C(other), C(dport) the destination port. VXLAN packets also have C(vni),
+      C(inner_src), C(inner_dst) and C(inner_proto).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{src: 192.168.50.11, dst: 192.168.50.12, proto: udp, dport: 8472, vni: 2,
+            inner_src: 10.244.0.2, inner_dst: 10.244.1.2, inner_proto: icmp}]
+traffic:
+  description: Each traffic command's C(rc), C(stdout) and C(stderr).
+  returned: always
+  type: list
+  elements: dict
+lines:
+  description: The raw tcpdump lines.
+  returned: always
+  type: list
+  elements: str
+'''
+
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.podnet.fabric.plugins.module_utils import lab
+
+_IP_LINE = re.compile(r'^(?:[\d:.]+ )?IP6? (?P<src>\S+) > (?P<dst>\S+): (?P<rest>.*)$')
+
+
+def _endpoint(token):
+    """'10.0.0.1.4240' -> ('10.0.0.1', 4240); 'fd00::1.53' -> ('fd00::1', 53); no port -> None."""
+    if ':' in token:
+        addr, sep, port = token.rpartition('.')
+        return (addr, int(port)) if sep and port.isdigit() else (token, None)
+    parts = token.split('.')
+    if len(parts) == 5:
+        return '.'.join(parts[:4]), int(parts[4])
+    return token, None
+
+
+def _proto(rest):
+    if rest.startswith('ICMP'):
+        return 'icmp'
+    if rest.startswith('Flags ['):
+        return 'tcp'
+    if rest.startswith('UDP') or rest.startswith('VXLAN'):
+        return 'udp'
+    return 'other'
+
+
+def parse(lines, vxlan_port=8472):
+    """Pure: tcpdump -nn -T vxlan lines to packet dicts (a VXLAN packet spans two lines)."""
+    packets = []
+    for line in lines:
+        line = line.rstrip()
+        m = _IP_LINE.match(line)
+        if not m:
+            continue
+        rest = m.group('rest')
+        src = _endpoint(m.group('src'))[0]
+        dst, dport = _endpoint(m.group('dst'))
+        pkt = {'src': src, 'dst': dst, 'proto': _proto(rest), 'dport': dport}
+        if packets and packets[-1].get('vni') is not None and 'inner_src' not in packets[-1] \
+                and not re.match(r'^[\d:.]+ ', line):
+            packets[-1].update(inner_src=pkt['src'], inner_dst=pkt['dst'], inner_proto=pkt['proto'],
+                               inner_dport=pkt['dport'])
+            continue
+        vni = re.search(r'VXLAN, flags \[[^\]]*\] \([^)]*\), vni (\d+)', rest)
+        if vni and pkt['dport'] == vxlan_port:
+            pkt['vni'] = int(vni.group(1))
+        packets.append(pkt)
+    return packets
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            prefix=dict(type='str', required=True),
+            interface=dict(type='str', default='br0'),
+            filter=dict(type='str', default=''),
+            vxlan_port=dict(type='int', default=8472),
+            traffic=dict(type='list', elements='dict', default=[], options=dict(
+                member=dict(type='str', required=True),
+                netns=dict(type='str'),
+                argv=dict(type='list', elements='str', required=True),
+            )),
+            settle=dict(type='float', default=0.5),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    ul = os.path.join(lab.NETNS_DIR, lab.netns_name(p['prefix'], 'ul'))
+    if not os.path.exists(ul):
+        module.fail_json(msg='prefix: no lab %r on this machine (%s is missing)' % (p['prefix'], ul))
+    tcpdump = module.get_bin_path('tcpdump', required=True)
+    # -T vxlan decodes the UDP packets the filter selects as VXLAN: keep other UDP out of the filter.
+    argv = ['nsenter', '--net=' + ul, '--', tcpdump, '-i', p['interface'], '-nn', '-l', '-U',
+            '-T', 'vxlan'] + (p['filter'].split() if p['filter'] else [])
+    cap = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    results = []
+    try:
+        deadline = time.time() + 10
+        ready = ''
+        while 'listening on' not in ready and time.time() < deadline:
+            r = select.select([cap.stderr], [], [], 0.2)[0]
+            if r:
+                ready += cap.stderr.readline()
+            if cap.poll() is not None:
+                break
+        if 'listening on' not in ready:
+            module.fail_json(msg='tcpdump did not start: %s' % ready.strip())
+        for t in p['traffic']:
+            cmd = list(t['argv'])
+            if t.get('netns'):
+                cmd = ['nsenter', '--net=/run/netns/%s' % t['netns'], '--'] + cmd
+            run = subprocess.run(lab.nsenter_argv(p['prefix'], t['member'], cmd), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, universal_newlines=True, timeout=60, check=False)
+            results.append({'member': t['member'], 'netns': t.get('netns'), 'argv': t['argv'],
+                            'rc': run.returncode, 'stdout': run.stdout, 'stderr': run.stderr})
+        time.sleep(p['settle'])
+    finally:
+        if cap.poll() is None:
+            cap.send_signal(signal.SIGINT)
+        try:
+            out = cap.communicate(timeout=5)[0]
+        except subprocess.TimeoutExpired:
+            cap.kill()
+            out = cap.communicate()[0]
+    lines = out.splitlines()
+    module.exit_json(changed=False, lines=lines, packets=parse(lines, p['vxlan_port']), traffic=results)
+
+
+if __name__ == '__main__':
+    main()
