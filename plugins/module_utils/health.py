@@ -1,0 +1,951 @@
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The node's health endpoint and the pod-to-pod connectivity probe (as Cilium's cilium-health).
+
+Every node gets one endpoint: a network namespace (``podnet-health``) with a veth pair to the node
+(``lxc_health`` on the node, ``eth0`` inside), an address from the node's pod CIDR, and a tiny TCP
+responder inside it that answers ``podnet-health <node>``. Probing every other node's endpoint from
+this one exercises exactly the path pod traffic takes (veth, the node's routing, the underlay or the
+tunnel, the remote node's routing, its veth), not the node-to-node path.
+
+Inside the endpoint: ``eth0`` holds the address as /32 (/128) with ``<router> dev eth0 scope link``
+and ``default via <router>``, the router being the node's router IP on podnet_host. The node
+answers ARP for the router IP on lxc_health because the address is local to the node and Linux's
+default arp_ignore=0 answers for any local address on any interface; with arp_ignore >= 1 it would
+not (the module warns). IPv6 neighbour discovery answers only for addresses of the receiving
+interface, so for an IPv6 endpoint the node proxies the router IP on lxc_health (proxy_ndp=1, a
+proxy neighbour entry, proxy_delay=0 so the first packet is not held back). On the node,
+``<endpoint>/32 dev lxc_health scope link proto podnet`` (and ``<endpoint>/128 dev lxc_health``).
+
+The responder is a child of the module's interpreter (``sys.executable -c RESPONDER_SRC ...``)
+that enters the endpoint's network namespace with setns() before it binds, and keeps the node's
+mount namespace, so anything that ends a node by its mount namespace (the lab's teardown) ends it.
+It is "running" only when its pidfile's PID is alive, its command line is the one this code would
+start, and its network namespace is the endpoint's (same nsfs inode).
+
+Layout: pure functions (normalize, plan, project, ICMP packets, failure messages) first; then the
+readers and appliers that need root.
+"""
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import ipaddress
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+from ansible_collections.podnet.fabric.plugins.module_utils.netlink import RTPROT_PODNET
+
+SCOPE_LINK = 253
+CLONE_NEWNET = 0x40000000
+IFA_F_NODAD = 0x02
+NTF_PROXY = 0x08
+
+DEFAULT_NETNS = 'podnet-health'
+DEFAULT_DEVICE = 'lxc_health'
+PEER = 'eth0'
+DEFAULT_PORT = 4240
+NETNS_DIR = '/run/netns'
+PID_DIR = '/run/podnet'
+MARK = 'podnet-health-responder'
+REPLY_PREFIX = 'podnet-health'
+
+# The responder. It runs as `python -c RESPONDER_SRC MARK VERSION NSPATH PORT NODE PIDFILE`; the
+# module reads the command line back to tell whether the running one is the one it would start.
+RESPONDER_SRC = r'''
+import ctypes, os, signal, socket, sys
+mark, version, nspath, port, node, pidfile = sys.argv[1:7]
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(nspath, os.O_RDONLY)
+if libc.setns(fd, 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), 'setns(%s) failed' % nspath)
+os.close(fd)
+try:
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    addr = ('::', int(port))
+except OSError:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    addr = ('0.0.0.0', int(port))
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(addr)
+srv.listen(128)
+
+
+def stop(signum, frame):
+    try:
+        with open(pidfile) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(pidfile)
+    except OSError:
+        pass
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+tmp = '%s.%d' % (pidfile, os.getpid())
+with open(tmp, 'w') as f:
+    f.write('%d\n' % os.getpid())
+os.rename(tmp, pidfile)
+line = ('podnet-health %s\n' % node).encode()
+sys.stdout.write('ready\n')
+sys.stdout.flush()
+null = os.open(os.devnull, os.O_RDWR)
+for n in (0, 1, 2):
+    os.dup2(null, n)
+while True:
+    try:
+        conn = srv.accept()[0]
+    except OSError:
+        continue
+    try:
+        conn.settimeout(2)
+        conn.sendall(line)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+'''
+RESPONDER_VERSION = hashlib.sha1(RESPONDER_SRC.encode('utf-8')).hexdigest()[:12]
+
+
+class HealthError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: input normalization, desired state, plan, projection
+# ---------------------------------------------------------------------------------------------
+
+def family_key(address):
+    return 'ipv6' if ':' in address else 'ipv4'
+
+
+def normalize_addresses(addresses):
+    """{'ipv4': 'a.b.c.d/32', 'ipv6': 'x::y/128'} from a list of addresses (bare or host prefixes).
+
+    At most one address per family, always a host prefix: the endpoint owns one address, its
+    neighbours are reached through the router.
+    """
+    out = {}
+    for a in addresses or []:
+        try:
+            iface = ipaddress.ip_interface(str(a).strip())
+        except ValueError:
+            raise HealthError('addresses: %r is not an IP address' % (a,))
+        if '/' in str(a) and iface.network.prefixlen != iface.max_prefixlen:
+            raise HealthError('addresses: %s: the endpoint holds a host address (/%d), not a network'
+                              % (a, iface.max_prefixlen))
+        fam = 'ipv%d' % iface.version
+        if fam in out:
+            raise HealthError('addresses: more than one %s address (%s, %s)' % (fam, out[fam], a))
+        out[fam] = '%s/%d' % (iface.ip, iface.max_prefixlen)
+    if 'ipv4' not in out and 'ipv6' not in out:
+        raise HealthError('addresses: the endpoint needs an address')
+    return out
+
+
+def normalize_router(router, family):
+    if router in (None, ''):
+        return None
+    text = str(router).split('/', 1)[0].strip()
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise HealthError('router%s: %r is not an IP address' % ('_ipv6' if family == 'ipv6' else '', router))
+    if 'ipv%d' % addr.version != family:
+        raise HealthError('router%s: %s is not an %s address' % ('_ipv6' if family == 'ipv6' else '', router, family))
+    return str(addr)
+
+
+def netns_path(name):
+    return os.path.join(NETNS_DIR, name)
+
+
+def pidfile_path(name, pid_dir=PID_DIR):
+    return os.path.join(pid_dir, 'health-%s.pid' % name)
+
+
+def responder_args(netns, port, node_name, pidfile):
+    """The command line after `python -c SRC` (what identifies a responder's configuration)."""
+    return [MARK, RESPONDER_VERSION, netns_path(netns), str(port), node_name, pidfile]
+
+
+def responder_argv(python, netns, port, node_name, pidfile):
+    return [python, '-c', RESPONDER_SRC] + responder_args(netns, port, node_name, pidfile)
+
+
+def desired_state(netns, device, addresses, router, router_ipv6, mtu, port, node_name, state,
+                  pid_dir=PID_DIR):
+    """Validate and normalize everything the plan compares (raises HealthError)."""
+    if state == 'absent':
+        return {'state': 'absent', 'netns': netns, 'device': device, 'pidfile': pidfile_path(netns, pid_dir)}
+    addrs = normalize_addresses(addresses)
+    routers = {'ipv4': normalize_router(router, 'ipv4'), 'ipv6': normalize_router(router_ipv6, 'ipv6')}
+    for fam in ('ipv4', 'ipv6'):
+        if fam in addrs and not routers[fam]:
+            raise HealthError('%s: the endpoint has an %s address (%s) but no %s router IP to route through'
+                              % ('router' if fam == 'ipv4' else 'router_ipv6', fam, addrs[fam], fam))
+    if not 68 <= int(mtu) <= 65535:
+        raise HealthError('mtu: %s is not a valid MTU' % mtu)
+    if not 1 <= int(port) <= 65535:
+        raise HealthError('port: %s is not a TCP port' % port)
+    if not node_name or any(c.isspace() for c in node_name):
+        raise HealthError('node_name: %r must be a non-empty word' % (node_name,))
+    routes, node_routes = [], []
+    for fam in ('ipv4', 'ipv6'):
+        if fam not in addrs:
+            continue
+        host = '/32' if fam == 'ipv4' else '/128'
+        routes.append({'dst': routers[fam] + host, 'gateway': None, 'dev': PEER})
+        routes.append({'dst': 'default' if fam == 'ipv4' else 'default6', 'gateway': routers[fam], 'dev': PEER})
+        node_routes.append({'dst': addrs[fam], 'gateway': None, 'dev': device})
+    pidfile = pidfile_path(netns, pid_dir)
+    return {
+        'state': 'present',
+        'proxy_ndp': [routers['ipv6']] if 'ipv6' in addrs else [],
+        'netns': netns,
+        'device': device,
+        'mtu': int(mtu),
+        'port': int(port),
+        'node_name': node_name,
+        'addresses': sorted(addrs.values()),
+        'routes': sort_routes(routes),
+        'node_routes': sort_routes(node_routes),
+        'pidfile': pidfile,
+        'responder_args': responder_args(netns, port, node_name, pidfile),
+    }
+
+
+def sort_routes(routes):
+    return sorted(routes, key=lambda r: (r['dst'], r['gateway'] or '', r['dev'] or ''))
+
+
+def _diff(want, have):
+    return [w for w in want if w not in have], [h for h in have if h not in want]
+
+
+def _route_diff(want, have):
+    """Like _diff, ordered so that a gateway's link route is added before and removed after it."""
+    add, remove = _diff(want, have)
+    return (sorted(add, key=lambda r: r['gateway'] is not None),
+            sorted(remove, key=lambda r: r['gateway'] is None))
+
+
+def _pair_ok(dev, peer):
+    return (dev is not None and peer is not None and dev.get('kind') == 'veth' and peer.get('kind') == 'veth'
+            and dev.get('link') == peer.get('index') and peer.get('link') == dev.get('index'))
+
+
+PROXY_SYSCTLS = {'net.ipv6.conf.%s.proxy_ndp': 1, 'net.ipv6.neigh.%s.proxy_delay': 0}
+
+
+def responder_ok(desired, realized):
+    r = realized.get('responder') or {}
+    ns = realized.get('netns') or {}
+    return bool(r.get('running') and r.get('args') == desired['responder_args']
+                and ns.get('inode') and r.get('netns_inode') == ns.get('inode'))
+
+
+def plan(desired, realized):
+    """Pure: the actions that turn `realized` into `desired` (see read() for the realized shape)."""
+    ns = realized['netns']
+    dev, peer = realized['device'], realized['peer']
+    resp = realized['responder']
+    actions = []
+    stop = [p for p in ([resp.get('pid')] if resp.get('ours') else []) + list(resp.get('strays') or []) if p]
+
+    if desired['state'] == 'absent':
+        if stop or resp.get('pidfile_exists'):
+            actions.append({'action': 'stop_responder', 'pids': stop, 'pidfile': desired['pidfile']})
+        if dev is not None:
+            actions.append({'action': 'delete_link', 'name': desired['device']})
+        if ns['exists']:
+            actions.append({'action': 'delete_netns', 'name': desired['netns']})
+        return actions
+
+    new_ns = not ns['exists']
+    if new_ns:
+        actions.append({'action': 'create_netns', 'name': desired['netns']})
+        peer = None
+    if not _pair_ok(dev, peer):
+        if dev is not None:
+            actions.append({'action': 'delete_link', 'name': desired['device']})
+        if peer is not None and (dev is None or dev.get('link') != peer.get('index')):
+            actions.append({'action': 'delete_peer', 'name': PEER, 'netns': desired['netns']})
+        actions.append({'action': 'create_veth', 'name': desired['device'], 'peer': PEER,
+                        'netns': desired['netns'], 'mtu': desired['mtu']})
+        dev = peer = None
+    for side, name, link in (('node', desired['device'], dev), ('endpoint', PEER, peer)):
+        if link is not None and link['mtu'] != desired['mtu']:
+            actions.append({'action': 'set_mtu', 'side': side, 'name': name, 'mtu': desired['mtu']})
+        if link is None or not link['up']:
+            actions.append({'action': 'up', 'side': side, 'name': name})
+    if new_ns or not realized.get('lo_up'):
+        actions.append({'action': 'up', 'side': 'endpoint', 'name': 'lo'})
+
+    # New addresses before old ones go: removing a device's last IPv4 address flushes its routes.
+    add, remove = _diff(desired['addresses'], peer['addresses'] if peer else [])
+    actions += [{'action': 'add_address', 'address': a} for a in add]
+    actions += [{'action': 'del_address', 'address': a} for a in remove]
+
+    # Routes go with their device: a recreated pair starts with none.
+    add, remove = _route_diff(desired['routes'], realized['routes'] if peer else [])
+    actions += [dict(r, action='del_route', side='endpoint') for r in remove]
+    actions += [dict(r, action='add_route', side='endpoint') for r in add]
+    add, remove = _route_diff(desired['node_routes'], realized['node_routes'] if dev else [])
+    actions += [dict(r, action='del_route', side='node') for r in remove]
+    actions += [dict(r, action='add_route', side='node') for r in add]
+
+    # IPv6: the node answers neighbour solicitations for the router IP on the device (see top).
+    recreated = dev is None
+    have = [] if recreated else realized.get('proxy_ndp') or []
+    if desired['proxy_ndp']:
+        sysctls = {} if recreated else realized.get('sysctls') or {}
+        for key, value in sorted(PROXY_SYSCTLS.items()):
+            if sysctls.get(key % desired['device']) != value:
+                actions.append({'action': 'set_sysctl', 'key': key % desired['device'], 'value': value})
+    add, remove = _diff(desired['proxy_ndp'], have)
+    actions += [{'action': 'del_proxy', 'address': a, 'name': desired['device']} for a in remove]
+    actions += [{'action': 'add_proxy', 'address': a, 'name': desired['device']} for a in add]
+
+    if new_ns or not responder_ok(desired, realized):
+        actions.append({'action': 'start_responder', 'stop': stop, 'pidfile': desired['pidfile'],
+                        'netns': desired['netns'], 'port': desired['port'], 'node_name': desired['node_name']})
+    elif resp.get('strays'):
+        actions.append({'action': 'stop_responder', 'pids': list(resp['strays']), 'pidfile': None})
+    return actions
+
+
+def project(desired, realized, actions):
+    """Pure: the realized view after `actions` (the check-mode 'after' of the diff)."""
+    if desired['state'] == 'absent':
+        return empty_realized(desired['netns'])
+    if not actions:
+        return realized
+    out = dict(realized)
+    out['netns'] = dict(realized['netns'], exists=True, path=netns_path(desired['netns']))
+    recreated = any(a['action'] == 'create_veth' for a in actions)
+    for key, name, kind in (('device', desired['device'], 'veth'), ('peer', PEER, 'veth')):
+        cur = dict((None if recreated else realized[key]) or {'name': name, 'kind': kind, 'addresses': []})
+        cur.update({'mtu': desired['mtu'], 'up': True})
+        if key == 'peer':
+            cur['addresses'] = list(desired['addresses'])
+        out[key] = cur
+    out['lo_up'] = True
+    out['routes'] = list(desired['routes'])
+    out['node_routes'] = list(desired['node_routes'])
+    out['proxy_ndp'] = list(desired['proxy_ndp'])
+    if desired['proxy_ndp']:
+        out['sysctls'] = dict((key % desired['device'], value) for key, value in PROXY_SYSCTLS.items())
+    if any(a['action'] == 'start_responder' for a in actions):
+        out['responder'] = {'pid': None, 'running': True, 'ours': True, 'args': desired['responder_args'],
+                            'netns_inode': None, 'pidfile': desired['pidfile'], 'pidfile_exists': True,
+                            'strays': []}
+    elif any(a['action'] == 'stop_responder' for a in actions):
+        out['responder'] = dict(realized['responder'], strays=[])
+    return out
+
+
+def empty_realized(netns, pidfile=None):
+    return {
+        'netns': {'name': netns, 'exists': False, 'inode': None, 'path': netns_path(netns)},
+        'device': None,
+        'peer': None,
+        'lo_up': None,
+        'routes': [],
+        'node_routes': [],
+        'proxy_ndp': [],
+        'sysctls': {},
+        'responder': {'pid': None, 'running': False, 'ours': False, 'args': None, 'netns_inode': None,
+                      'pidfile': pidfile, 'pidfile_exists': False, 'strays': []},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: connectivity probe pieces
+# ---------------------------------------------------------------------------------------------
+
+def checksum(data):
+    if len(data) % 2:
+        data += b'\0'
+    total = sum(struct.unpack('!%dH' % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+
+
+def echo_request(family, ident, seq, payload=b'podnet-health-probe'):
+    """An ICMP (or ICMPv6) echo request; the kernel fills in the ICMPv6 checksum itself."""
+    kind = 8 if family == socket.AF_INET else 128
+    header = struct.pack('!BBHHH', kind, 0, 0, ident, seq)
+    if family == socket.AF_INET:
+        header = struct.pack('!BBHHH', kind, 0, checksum(header + payload), ident, seq)
+    return header + payload
+
+
+def parse_echo_reply(family, data):
+    """(ident, seq) of an echo reply (IPv4 raw sockets see the IP header; ICMPv6 ones don't), else None."""
+    if family == socket.AF_INET:
+        if len(data) < 20:
+            return None
+        data = data[(data[0] & 0x0f) * 4:]
+    if len(data) < 8:
+        return None
+    kind, code, _csum, ident, seq = struct.unpack('!BBHHH', data[:8])
+    if code != 0 or kind != (0 if family == socket.AF_INET else 129):
+        return None
+    return ident, seq
+
+
+def expected_reply(name):
+    return '%s %s' % (REPLY_PREFIX, name)
+
+
+def check_reply(reply, name):
+    """None when the responder's line names the expected node, else what is wrong."""
+    if reply == expected_reply(name):
+        return None
+    if not reply:
+        return 'closed without a reply'
+    if reply.startswith(REPLY_PREFIX + ' '):
+        return "answered as %s, expected %s" % (reply[len(REPLY_PREFIX) + 1:], name)
+    return 'unexpected reply %r' % reply[:80]
+
+
+def normalize_targets(targets, default_port):
+    out = []
+    seen = set()
+    for i, t in enumerate(targets or []):
+        if not isinstance(t, dict) or not t.get('name') or not t.get('address'):
+            raise HealthError('targets[%d]: needs name and address, got %r' % (i, t))
+        try:
+            addr = str(ipaddress.ip_address(str(t['address']).split('/', 1)[0]))
+        except ValueError:
+            raise HealthError('targets[%d] (%s): address %r is not an IP address' % (i, t['name'], t['address']))
+        port = int(t.get('port') or default_port)
+        if not 1 <= port <= 65535:
+            raise HealthError('targets[%d] (%s): port %s is not a TCP port' % (i, t['name'], port))
+        key = (str(t['name']), addr, port)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({'name': str(t['name']), 'address': addr, 'port': port})
+    return out
+
+
+def failures(source, results, ping=True, tcp=True):
+    """One line per unreachable pair: `node1 -> node3 (10.244.3.5): tcp 4240 timed out`."""
+    lines = []
+    for r in results:
+        head = '%s -> %s (%s)' % (source, r['name'], r['address'])
+        if ping and not r['ping']['ok']:
+            p = r['ping']
+            why = p.get('error') or 'no echo reply (%d of %d)' % (p.get('received', 0), p.get('sent', 0))
+            lines.append('%s: ping %s' % (head, why))
+        if tcp and not r['tcp']['ok']:
+            lines.append('%s: tcp %d %s' % (head, r['port'], r['tcp'].get('error') or 'failed'))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Root: namespaces, the responder, reading and applying
+# ---------------------------------------------------------------------------------------------
+
+_LIBC = []
+
+
+def _libc():
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True))
+    return _LIBC[0]
+
+
+def _setns(fd):
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'setns: %s' % os.strerror(err))
+
+
+@contextlib.contextmanager
+def in_netns(path):
+    """Run the block in the network namespace at `path` (this thread), then come back.
+
+    Sockets keep the namespace they were created in, so a probe creates its sockets in here
+    and uses them after returning.
+    """
+    home = os.open('/proc/self/ns/net', os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def netns_exists(name):
+    """A /run/netns entry that is a mounted nsfs (not a leftover empty file)."""
+    path = netns_path(name)
+    try:
+        st = os.stat(path)
+        parent = os.stat(os.path.dirname(path))
+    except OSError:
+        return False
+    return st.st_dev != parent.st_dev
+
+
+def _cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return [a.decode('utf-8', 'replace') for a in f.read().split(b'\0')[:-1]]
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ('Z', 'X')
+
+
+def _is_responder(cmdline):
+    return bool(cmdline) and len(cmdline) >= 4 and cmdline[1] == '-c' and cmdline[3] == MARK
+
+
+def _read_pidfile(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def read_responder(netns, pidfile):
+    pid = _read_pidfile(pidfile)
+    out = {'pid': None, 'running': False, 'ours': False, 'args': None, 'netns_inode': None,
+           'pidfile': pidfile, 'pidfile_exists': os.path.exists(pidfile), 'strays': []}
+    if pid and _alive(pid):
+        cmd = _cmdline(pid)
+        if _is_responder(cmd):
+            out.update(pid=pid, ours=True, args=cmd[3:], netns_inode=inode('/proc/%d/ns/net' % pid))
+            ns_ino = inode(netns_path(netns))
+            out['running'] = bool(ns_ino) and out['netns_inode'] == ns_ino
+    # Responders for this endpoint that the pidfile lost track of (same netns path, same mount
+    # namespace: on a lab machine every node has its own /run and its own responder).
+    my_mnt = inode('/proc/self/ns/mnt')
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) in (out['pid'], os.getpid()):
+            continue
+        cmd = _cmdline(int(entry))
+        if (_is_responder(cmd) and len(cmd) >= 6 and cmd[5] == netns_path(netns)
+                and inode('/proc/%s/ns/mnt' % entry) == my_mnt and _alive(int(entry))):
+            out['strays'].append(int(entry))
+    out['strays'].sort()
+    return out
+
+
+def _link_view(ipr, link):
+    linkinfo = link.get_attr('IFLA_LINKINFO')
+    addrs = []
+    for a in ipr.get_addr(index=link['index']):
+        addr = a.get_attr('IFA_ADDRESS')
+        if addr and not addr.startswith('fe80:'):
+            addrs.append('%s/%d' % (addr, a['prefixlen']))
+    return {
+        'name': link.get_attr('IFLA_IFNAME'),
+        'index': link['index'],
+        'kind': linkinfo.get_attr('IFLA_INFO_KIND') if linkinfo else None,
+        'mtu': link.get_attr('IFLA_MTU'),
+        'up': bool(link['flags'] & 1),
+        'link': link.get_attr('IFLA_LINK'),
+        'addresses': sorted(addrs),
+    }
+
+
+def _get_link(ipr, name):
+    idx = ipr.link_lookup(ifname=name)
+    return _link_view(ipr, ipr.get_links(idx[0])[0]) if idx else None
+
+
+def _routes(ipr, dev_name):
+    """Our (proto podnet) routes through `dev_name` in the main table, both families."""
+    idx = ipr.link_lookup(ifname=dev_name)
+    if not idx:
+        return []
+    out = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=fam, table=254, proto=RTPROT_PODNET):
+            if r.get_attr('RTA_OIF') != idx[0]:
+                continue
+            dst = r.get_attr('RTA_DST')
+            if dst:
+                dst = '%s/%d' % (dst, r['dst_len'])
+            else:
+                dst = 'default' if fam == socket.AF_INET else 'default6'
+            out.append({'dst': dst, 'gateway': r.get_attr('RTA_GATEWAY'), 'dev': dev_name})
+    return sort_routes(out)
+
+
+def read_sysctl(key):
+    try:
+        with open('/proc/sys/' + key.replace('.', '/')) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_sysctl(key, value):
+    with open('/proc/sys/' + key.replace('.', '/'), 'w') as f:
+        f.write('%d\n' % value)
+
+
+def proxy_neighbours(ifindex):
+    """IPv6 proxy neighbour entries on a link (`ip -6 neigh show proxy`), sorted.
+
+    A raw RTM_GETNEIGH dump: the kernel lists proxy entries only when the request's ndmsg carries
+    NTF_PROXY, and pyroute2 0.9 cannot put flags into a dump request.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)   # NETLINK_ROUTE
+    out = []
+    try:
+        sock.bind((0, 0))
+        body = struct.pack('=BBHiHBB', socket.AF_INET6, 0, 0, 0, 0, NTF_PROXY, 0)
+        sock.send(struct.pack('=IHHII', 16 + len(body), 30, 0x301, 1, 0) + body)  # RTM_GETNEIGH, REQUEST|DUMP
+        done = False
+        while not done:
+            data = sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from('=IH', data, off)
+                if length < 16:
+                    done = True
+                    break
+                if kind == 3:                      # NLMSG_DONE
+                    done = True
+                elif kind == 2:                    # NLMSG_ERROR
+                    err = -struct.unpack_from('=i', data, off + 16)[0]
+                    if err:
+                        raise OSError(err, 'proxy neighbour dump: %s' % os.strerror(err))
+                    done = True
+                elif kind == 28:                   # RTM_NEWNEIGH
+                    _fam, _p1, _p2, idx, _st, flags, _t = struct.unpack_from('=BBHiHBB', data, off + 16)
+                    pos = off + 28
+                    while pos + 4 <= off + length:
+                        alen, atype = struct.unpack_from('=HH', data, pos)
+                        if alen < 4:
+                            break
+                        if atype == 1 and alen == 20 and idx == ifindex and flags & NTF_PROXY:   # NDA_DST
+                            out.append(socket.inet_ntop(socket.AF_INET6, data[pos + 4:pos + 20]))
+                        pos += (alen + 3) & ~3
+                off += (length + 3) & ~3
+    finally:
+        sock.close()
+    return sorted(out)
+
+
+def arp_ignore(device):
+    vals = []
+    for conf in ('all', device):
+        try:
+            with open('/proc/sys/net/ipv4/conf/%s/arp_ignore' % conf) as f:
+                vals.append(int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+    return max(vals) if vals else None
+
+
+def read(ipr_factory, netns, device, pidfile):
+    """The realized state. ipr_factory(netns_name or None) opens an IPRoute (node or endpoint)."""
+    out = empty_realized(netns, pidfile)
+    with ipr_factory(None) as ipr:
+        out['device'] = _get_link(ipr, device)
+        out['node_routes'] = _routes(ipr, device)
+    if out['device'] is not None:
+        out['proxy_ndp'] = proxy_neighbours(out['device']['index'])
+        out['sysctls'] = dict((key % device, read_sysctl(key % device)) for key in PROXY_SYSCTLS)
+    if netns_exists(netns):
+        out['netns'].update(exists=True, inode=inode(netns_path(netns)))
+        with ipr_factory(netns) as nipr:
+            out['peer'] = _get_link(nipr, PEER)
+            lo = _get_link(nipr, 'lo')
+            out['lo_up'] = bool(lo and lo['up'])
+            out['routes'] = _routes(nipr, PEER)
+    out['responder'] = read_responder(netns, pidfile)
+    return out
+
+
+def stop_pids(pids, grace=3.0):
+    for pid in pids:
+        if _is_responder(_cmdline(pid)):   # never signal a PID that is no longer a responder
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+    deadline = time.time() + grace
+    alive = [p for p in pids if _alive(p)]
+    while alive and time.time() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _alive(p)]
+    for pid in alive:
+        if _is_responder(_cmdline(pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def start_responder(python, netns, port, node_name, pidfile, timeout=10.0):
+    """Start the responder and wait until it listens; its PID."""
+    pid_dir = os.path.dirname(pidfile)
+    if not os.path.isdir(pid_dir):
+        os.makedirs(pid_dir, 0o755)
+    argv = responder_argv(python, netns, port, node_name, pidfile)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd='/', close_fds=True, start_new_session=True)
+    line = b''
+    deadline = time.time() + timeout
+    while time.time() < deadline and not line.endswith(b'\n'):
+        ready = select.select([proc.stdout], [], [], max(0.0, deadline - time.time()))[0]
+        if not ready:
+            break
+        chunk = os.read(proc.stdout.fileno(), 64)
+        if not chunk:
+            break
+        line += chunk
+    proc.stdout.close()
+    if line != b'ready\n':
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err = proc.stderr.read().decode('utf-8', 'replace').strip().splitlines()
+        proc.stderr.close()
+        raise HealthError('the health responder did not start (exit %s): %s'
+                          % (proc.returncode, err[-1] if err else 'no output within %gs' % timeout))
+    proc.stderr.close()
+    # The responder outlives this process; it is reparented to init. Forget it without a warning.
+    proc.returncode = 0
+    return proc.pid
+
+
+def apply(ipr_factory, python, netns, actions):
+    """Carry out plan() actions; endpoint-side ones run in the network namespace `netns`."""
+    for a in actions:
+        kind = a['action']
+        if kind == 'create_netns':
+            from pyroute2 import netns as pnetns
+            pnetns.create(a['name'])
+        elif kind == 'delete_netns':
+            from pyroute2 import netns as pnetns
+            pnetns.remove(a['name'])
+        elif kind == 'stop_responder':
+            stop_pids(a['pids'])
+            if a.get('pidfile'):
+                try:
+                    os.unlink(a['pidfile'])
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+        elif kind == 'start_responder':
+            stop_pids(a['stop'])
+            start_responder(python, a['netns'], a['port'], a['node_name'], a['pidfile'])
+        elif kind == 'create_veth':
+            with ipr_factory(None) as ipr:
+                ipr.link('add', ifname=a['name'], kind='veth', mtu=a['mtu'],
+                         peer={'ifname': a['peer'], 'mtu': a['mtu'], 'net_ns_fd': netns_path(a['netns'])})
+        elif kind == 'delete_link':
+            with ipr_factory(None) as ipr:
+                idx = ipr.link_lookup(ifname=a['name'])
+                if idx:
+                    ipr.link('del', index=idx[0])
+        elif kind == 'set_sysctl':
+            write_sysctl(a['key'], a['value'])
+        elif kind in ('add_proxy', 'del_proxy'):
+            with ipr_factory(None) as ipr:
+                idx = ipr.link_lookup(ifname=a['name'])[0]
+                ipr.neigh('add' if kind == 'add_proxy' else 'del', dst=a['address'], ifindex=idx,
+                          flags=NTF_PROXY, family=socket.AF_INET6)
+        elif kind == 'delete_peer':
+            with ipr_factory(a['netns']) as nipr:
+                idx = nipr.link_lookup(ifname=a['name'])
+                if idx:
+                    nipr.link('del', index=idx[0])
+        else:
+            _apply_in(ipr_factory, netns, a)
+
+
+def _apply_in(ipr_factory, netns, a):
+    """Link, address and route actions, on the node (side 'node') or in the endpoint."""
+    kind = a['action']
+    side = a.get('side', 'endpoint')
+    ns = None if side == 'node' else netns
+    with ipr_factory(ns) as ipr:
+        if kind in ('set_mtu', 'up'):
+            idx = ipr.link_lookup(ifname=a['name'])[0]
+            if kind == 'set_mtu':
+                ipr.link('set', index=idx, mtu=a['mtu'])
+            else:
+                ipr.link('set', index=idx, state='up')
+        elif kind in ('add_address', 'del_address'):
+            idx = ipr.link_lookup(ifname=PEER)[0]
+            ip, plen = a['address'].split('/')
+            kw = {}
+            if ':' in ip and kind == 'add_address':
+                kw['flags'] = IFA_F_NODAD   # a /128 of our own: no duplicate detection delay
+            ipr.addr('add' if kind == 'add_address' else 'del', index=idx, address=ip, prefixlen=int(plen), **kw)
+        elif kind == 'add_route':
+            ipr.route('replace', **route_spec(ipr, a))
+        elif kind == 'del_route':
+            try:
+                ipr.route('del', **route_spec(ipr, a))
+            except Exception as e:  # pyroute2 NetlinkError
+                # ESRCH: already gone (the kernel flushes a device's IPv4 routes with its last address).
+                if getattr(e, 'code', None) != errno.ESRCH:
+                    raise
+        else:  # pragma: no cover - plan() only emits the kinds above
+            raise HealthError('unknown health action %r' % kind)
+
+
+def route_spec(ipr, r):
+    idx = ipr.link_lookup(ifname=r['dev'])[0]
+    if r['dst'] in ('default', 'default6'):
+        fam = socket.AF_INET if r['dst'] == 'default' else socket.AF_INET6
+        dst = '0.0.0.0/0' if fam == socket.AF_INET else '::/0'
+    else:
+        fam = socket.AF_INET6 if ':' in r['dst'] else socket.AF_INET
+        dst = r['dst']
+    spec = {'dst': dst, 'oif': idx, 'family': fam, 'table': 254, 'proto': RTPROT_PODNET}
+    if r.get('gateway'):
+        spec['gateway'] = r['gateway']
+    elif fam == socket.AF_INET:
+        spec['scope'] = SCOPE_LINK
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Root: the connectivity probe
+# ---------------------------------------------------------------------------------------------
+
+def _icmp_probe(sock, family, address, ident, count, interval, timeout):
+    sent, rtts, pending = 0, [], {}
+    deadline = None
+    next_send = time.time()
+    while True:
+        now = time.time()
+        if sent < count and now >= next_send:
+            try:
+                sock.sendto(echo_request(family, ident, sent), (address, 0))
+            except OSError as e:
+                return {'ok': False, 'sent': sent, 'received': len(rtts), 'rtt_ms': None,
+                        'error': e.strerror or str(e)}
+            pending[sent] = now
+            sent += 1
+            next_send = now + interval
+            if sent == count:
+                deadline = now + timeout
+        if sent == count and (len(rtts) == count or now >= deadline):
+            break
+        wait = (next_send if sent < count else deadline) - now
+        ready = select.select([sock], [], [], max(0.0, wait))[0]
+        if not ready:
+            continue
+        try:
+            data, peer = sock.recvfrom(2048)
+        except OSError:
+            continue
+        got = parse_echo_reply(family, data)
+        if got and got[0] == ident and got[1] in pending and peer[0] == address:
+            rtts.append((time.time() - pending.pop(got[1])) * 1000.0)
+    out = {'ok': bool(rtts), 'sent': sent, 'received': len(rtts),
+           'rtt_ms': round(sum(rtts) / len(rtts), 3) if rtts else None,
+           'rtt_min_ms': round(min(rtts), 3) if rtts else None,
+           'rtt_max_ms': round(max(rtts), 3) if rtts else None}
+    return out
+
+
+def _tcp_probe(sock, address, port, name, timeout):
+    start = time.time()
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+        data = b''
+        while b'\n' not in data and len(data) < 256:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        return {'ok': False, 'reply': None, 'error': 'timed out', 'ms': None}
+    except OSError as e:
+        msg = (e.strerror or str(e)).lower() if e.errno != errno.ECONNREFUSED else 'connection refused'
+        return {'ok': False, 'reply': None, 'error': msg, 'ms': None}
+    finally:
+        sock.close()
+    reply = data.decode('utf-8', 'replace').split('\n')[0].strip()
+    why = check_reply(reply, name)
+    return {'ok': why is None, 'reply': reply, 'error': why, 'ms': round((time.time() - start) * 1000.0, 3)}
+
+
+def probe(netns, targets, ping=True, tcp=True, ping_count=3, ping_interval=0.2, ping_timeout=2.0,
+          tcp_timeout=2.0, workers=16):
+    """Probe every target from inside the endpoint's network namespace; one result per target."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = netns_path(netns)
+    socks = []
+    with in_netns(path):
+        for t in targets:
+            fam = socket.AF_INET6 if ':' in t['address'] else socket.AF_INET
+            icmp = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_ICMP if fam == socket.AF_INET
+                                 else socket.IPPROTO_ICMPV6) if ping else None
+            stream = socket.socket(fam, socket.SOCK_STREAM) if tcp else None
+            socks.append((fam, icmp, stream))
+    base = (os.getpid() * 131) & 0xffff
+
+    def one(i):
+        t = targets[i]
+        fam, icmp, stream = socks[i]
+        res = dict(t)
+        skipped = {'ok': True, 'skipped': True}
+        try:
+            res['ping'] = _icmp_probe(icmp, fam, t['address'], (base + i) & 0xffff, ping_count, ping_interval,
+                                      ping_timeout) if icmp else skipped
+        finally:
+            if icmp:
+                icmp.close()
+        res['tcp'] = _tcp_probe(stream, t['address'], t['port'], t['name'], tcp_timeout) if stream else skipped
+        return res
+
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(targets)))) as pool:
+        return list(pool.map(one, range(len(targets))))

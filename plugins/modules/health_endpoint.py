@@ -1,0 +1,257 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: podnet.fabric contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: health_endpoint
+short_description: Reconcile a node's health endpoint (a pod-like namespace with a TCP responder)
+version_added: 0.1.0
+description:
+  - Creates, repairs or removes the node's health endpoint, the podnet equivalent of Cilium's
+    health endpoint - a network namespace (default C(podnet-health), under C(/run/netns)) joined to
+    the node by a veth pair (C(lxc_health) on the node, C(eth0) inside), holding an endpoint (pod)
+    address from the node's pod CIDR.
+  - 'Inside the namespace - the address on C(eth0) as a host prefix (/32, /128), C(<router> dev eth0
+    scope link) and C(default via <router>), where the router is the node''s router IP on the host
+    device (podnet_host). On the node - C(<address> dev lxc_health scope link proto podnet) (protocol 201 marks
+    podnet''s routes).'
+  - The node answers ARP for the router IP on C(lxc_health) by Linux's default behaviour
+    (C(arp_ignore=0) answers for any local address). The module warns when the node's effective
+    C(arp_ignore) on C(lxc_health) is not 0, because the endpoint could then not reach its router.
+  - 'A TCP responder listens on O(port) inside the namespace and answers every connection with one
+    line, C(podnet-health <node_name>), then closes. It is a process of the module''s Python started
+    in the node''s mount namespace that enters the endpoint''s network namespace before it binds;
+    its pidfile is C(<pid_dir>/health-<netns>.pid). It counts as running when the pidfile''s PID is
+    alive, its command line is the one this module would start (same namespace, port, node name
+    and responder code) and its network namespace is the endpoint''s; otherwise it is restarted.'
+  - M(podnet.fabric.connectivity) probes these endpoints from one another.
+author:
+  - podnet.fabric maintainers (@podnet)
+options:
+  netns:
+    description: Name of the endpoint's network namespace (a file under C(/run/netns)).
+    type: str
+    default: podnet-health
+  device:
+    description: Name of the node side of the veth pair (the endpoint side is always C(eth0)).
+    type: str
+    default: lxc_health
+  addresses:
+    description:
+      - The endpoint's addresses, at most one IPv4 and one IPv6, bare or as host prefixes
+        (C(10.244.0.5) or C(10.244.0.5/32)). Required when O(state=present).
+    type: list
+    elements: str
+  router:
+    description: The node's router IP (IPv4) on the host device; the endpoint's default gateway.
+    type: str
+  router_ipv6:
+    description: The node's IPv6 router IP; required when O(addresses) has an IPv6 address.
+    type: str
+  mtu:
+    description: MTU of both ends of the pair (the pod MTU). C(0) takes the MTU of O(host_device).
+    type: int
+    default: 0
+  host_device:
+    description: The node's host device, whose MTU O(mtu=0) takes.
+    type: str
+    default: podnet_host
+  port:
+    description: TCP port the responder listens on (Cilium's health port by default).
+    type: int
+    default: 4240
+  node_name:
+    description: The name the responder answers with. Defaults to the node's hostname.
+    type: str
+  pid_dir:
+    description: Directory of the responder's pidfile.
+    type: path
+    default: /run/podnet
+  state:
+    description: Whether the endpoint exists. C(absent) stops the responder and removes the namespace,
+      the veth pair and the node's route.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - Needs pyroute2 0.9 or later on the node; run it with the podnet interpreter.
+  - The namespace and the responder do not survive a reboot (both live under C(/run)); running the
+    role again recreates them.
+attributes:
+  check_mode:
+    support: full
+    description: Reads the realized state, plans, and reports the plan and the projected state without applying it.
+  diff_mode:
+    support: full
+    description: Returns the realized state before and after (projected in check mode).
+'''
+
+EXAMPLES = r'''
+- name: Health endpoint with an address from the node's pod CIDR
+  podnet.fabric.health_endpoint:
+    addresses: [10.244.1.7]
+    router: 10.244.1.1
+
+- name: Dual stack, explicit MTU and port
+  podnet.fabric.health_endpoint:
+    addresses: [10.244.1.7/32, "fd00::107/128"]
+    router: 10.244.1.1
+    router_ipv6: "fd00::101"
+    mtu: 1450
+    port: 4240
+
+- name: Remove it
+  podnet.fabric.health_endpoint:
+    state: absent
+'''
+
+RETURN = r'''
+plan:
+  description: The actions taken, or that would be taken in check mode.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{action: create_netns, name: podnet-health}, {action: create_veth, name: lxc_health, peer: eth0, mtu: 1450}]
+state:
+  description: The endpoint after the run (projected in check mode) - namespace, both links, routes, responder.
+  returned: always
+  type: dict
+  sample:
+    netns: {name: podnet-health, exists: true, inode: 4026532871, path: /run/netns/podnet-health}
+    device: {name: lxc_health, kind: veth, mtu: 1450, up: true, addresses: []}
+    peer: {name: eth0, kind: veth, mtu: 1450, up: true, addresses: [10.244.1.7/32]}
+    routes: [{dst: 10.244.1.1/32, gateway: null, dev: eth0}, {dst: default, gateway: 10.244.1.1, dev: eth0}]
+    node_routes: [{dst: 10.244.1.7/32, gateway: null, dev: lxc_health}]
+    responder: {pid: 4242, running: true}
+address:
+  description: The endpoint's IPv4 address (no prefix), or null.
+  returned: when O(state=present)
+  type: str
+  sample: 10.244.1.7
+address_ipv6:
+  description: The endpoint's IPv6 address (no prefix), or null.
+  returned: when O(state=present)
+  type: str
+  sample: "fd00::107"
+mtu:
+  description: The MTU the pair was given.
+  returned: when O(state=present)
+  type: int
+  sample: 1450
+port:
+  description: The responder's TCP port.
+  returned: when O(state=present)
+  type: int
+  sample: 4240
+pid:
+  description: The responder's PID after the run (null in check mode when it would be started).
+  returned: always
+  type: int
+  sample: 4242
+arp_ignore:
+  description: The node's effective arp_ignore on the node side of the pair (0 is what the endpoint needs).
+  returned: always
+  type: int
+  sample: 0
+'''
+
+import socket
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.podnet.fabric.plugins.module_utils import health, netlink
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+
+
+def _ipr(ns):
+    if ns is None:
+        return netlink.IPRoute()
+    # flags=0: never create the namespace as a side effect of opening it.
+    return netlink.IPRoute(netns=ns, flags=0)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            netns=dict(type='str', default=health.DEFAULT_NETNS),
+            device=dict(type='str', default=health.DEFAULT_DEVICE),
+            addresses=dict(type='list', elements='str'),
+            router=dict(type='str'),
+            router_ipv6=dict(type='str'),
+            mtu=dict(type='int', default=0),
+            host_device=dict(type='str', default='podnet_host'),
+            port=dict(type='int', default=health.DEFAULT_PORT),
+            node_name=dict(type='str'),
+            pid_dir=dict(type='path', default=health.PID_DIR),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+        ),
+        required_if=[('state', 'present', ['addresses'])],
+        supports_check_mode=True,
+    )
+    netlink.require_pyroute2(module)
+    p = module.params
+    if not p['netns'] or '/' in p['netns'] or p['netns'] in ('.', '..'):
+        module.fail_json(msg='netns: %r is not a namespace name' % p['netns'])
+    if not p['device'] or len(p['device']) > 15 or '/' in p['device']:
+        module.fail_json(msg='device: %r is not a link name (1 to 15 characters)' % p['device'])
+    mtu = p['mtu']
+    try:
+        if p['state'] == 'present' and mtu == 0:
+            with netlink.IPRoute() as ipr:
+                host = netlink.get_link(ipr, p['host_device'])
+            if host is None:
+                module.fail_json(msg='mtu: 0 takes the MTU of %s, which this node does not have; run the '
+                                     'podnet.fabric.host_device role first or set mtu' % p['host_device'])
+            mtu = host['mtu']
+        desired = health.desired_state(p['netns'], p['device'], p['addresses'], p['router'], p['router_ipv6'],
+                                       mtu, p['port'], p['node_name'] or socket.gethostname(), p['state'],
+                                       pid_dir=p['pid_dir'])
+    except health.HealthError as e:
+        module.fail_json(msg=str(e))
+
+    def read():
+        return health.read(_ipr, p['netns'], p['device'], desired['pidfile'])
+
+    try:
+        result = Reconciler(
+            module, read,
+            plan=lambda realized: health.plan(desired, realized),
+            apply=lambda actions: health.apply(_ipr, sys.executable, p['netns'], actions),
+            project=lambda realized, actions: health.project(desired, realized, actions),
+        ).run()
+    except (health.HealthError, OSError) as e:
+        module.fail_json(msg='health endpoint %s: %s' % (p['netns'], e))
+    except Exception as e:  # pyroute2's NetlinkError and friends: say which endpoint, keep the cause
+        module.fail_json(msg='health endpoint %s: %s: %s' % (p['netns'], type(e).__name__, e))
+
+    after = result['state']
+    if result['changed'] and not module.check_mode:
+        left = health.plan(desired, after)
+        if left:
+            module.fail_json(msg='health endpoint %s: did not converge; still to do: %s' % (p['netns'], left),
+                             **result)
+    result['pid'] = after['responder'].get('pid')
+    result['arp_ignore'] = health.arp_ignore(p['device'])
+    if p['state'] == 'present':
+        held = (after.get('peer') or {}).get('addresses') or desired['addresses']
+        by_fam = dict((health.family_key(a), a.split('/', 1)[0]) for a in held)
+        result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu, port=p['port'])
+        if 'ipv4' in by_fam and result['arp_ignore'] not in (None, 0):
+            module.warn('%s: net.ipv4.conf arp_ignore is %s: the node will not answer ARP for the router IP %s '
+                        'on %s, so the health endpoint cannot reach its router; set arp_ignore=0 there'
+                        % (p['device'], result['arp_ignore'], p['router'], p['device']))
+        if 'ipv6' in by_fam and health.read_sysctl('net.ipv6.conf.%s.forwarding' % p['device']) == 0:
+            module.warn('%s: net.ipv6.conf forwarding is 0: the node does not answer neighbour solicitations '
+                        'for the proxied router IP %s, so the IPv6 endpoint cannot reach its router'
+                        % (p['device'], p['router_ipv6']))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
