@@ -26,6 +26,9 @@ test: bootstrap
 	$(MAKE) sanity lint unit integration
 	$(MAKE) molecule SCENARIO=default
 	$(MAKE) molecule SCENARIO=ipam
+	$(MAKE) molecule SCENARIO=tunnel
+	$(MAKE) molecule SCENARIO=native
+	$(MAKE) molecule SCENARIO=bgp
 	@echo "make test: all suites passed"
 
 # ansible-test needs the collection at ansible_collections/<ns>/<name>: test a copy of the tracked files.

@@ -1,0 +1,363 @@
+"""Datapath benchmark: node-to-node vs pod-to-pod native vs pod-to-pod VXLAN, BGP convergence, and
+the connectivity gap while a cluster switches between tunnel and native routing.
+
+Run: make bench BENCH=datapath   (or .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 3])
+Writes bench/results/datapath.json and prints the figures and ratios.
+
+Method (DESIGN.md section 9: single pairs vary by +-6-8% on a 2-vCPU VM):
+- Two labs converged with playbooks/site.yml: `pbn` (native routing, direct routes) and `pbv`
+  (VXLAN overlay), two nodes each, the same pod MTU (1450) in both. Pods are the nodes' health
+  endpoints (netns podnet-health, a veth to the node), as the product sets them up.
+- Configurations are interleaved A B C, A B C ... over the rounds: A = node to node over the
+  underlay (pbn's node1 -> node2), B = pod to pod native (pbn), C = pod to pod VXLAN (pbv).
+  Each is one iperf3 TCP stream for --seconds (client on CPU 0, server on CPU 1) and a ping RTT
+  (50 echoes, 10 ms apart). Each ratio is the median of the per-round paired ratios, with min-max.
+- BGP convergence (lab `pbc`, three nodes peering with the ToR's FRR, BIRD on the nodes): a node's
+  speaker is stopped (its route withdrawn everywhere), then site.yml --limit that node starts it
+  again; the time from the speaker process's start to its pod CIDR in the ToR's FRR RIB and in a
+  peer node's kernel, polled every 20 ms. Repeated --bgp-rounds times.
+- Switch gap: in pbv, a pod on node1 pings a pod on node2 every 10 ms while site.yml switches the
+  cluster tunnel -> native, then native -> tunnel; the gap is the longest time without a reply.
+Targets (issue 4): vxlan/native >= 0.90, native/node >= 0.85, BGP convergence < 3 s.
+"""
+from __future__ import print_function
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.join(ROOT, '.venv', 'bin')
+LAB_ROOT = '/run/podnet-lab'
+HEALTH_NS = 'podnet-health'
+TARGETS = {'vxlan/native': 0.90, 'native/node': 0.85, 'bgp_convergence_s': 3.0}
+
+CLUSTER = """---
+podnet_cluster: {name: %(name)s, id: 0}
+podnet_ipam:
+  mode: cluster-pool
+  ledger: {backend: file, path: "/run/podnet-lab/{{ podnet_lab_prefix }}/ledger.json"}
+  cluster_pool:
+    ipv4: {cidrs: [10.244.0.0/16], mask_size: 24}
+podnet_routing:
+%(routing)s
+  masquerade: true
+"""
+ROUTING = {
+    'native': """  mode: native
+  native: {ipv4_cidr: 10.244.0.0/16, auto_direct_node_routes: true}
+  mtu: %(mtu)s""",
+    'tunnel': """  mode: tunnel
+  tunnel: {protocol: vxlan, port: 8472, vni: 2}
+  mtu: %(mtu)s""",
+    'bgp': """  mode: native
+  native:
+    ipv4_cidr: 10.244.0.0/16
+    auto_direct_node_routes: false
+    bgp: {local_asn: 65001, speaker: bird, peers: [{address: 192.168.50.1, asn: 65000}]}
+  mtu: %(mtu)s""",
+}
+
+
+def env():
+    e = dict(os.environ)
+    e['PATH'] = VENV_BIN + ':' + e.get('PATH', '')
+    e['ANSIBLE_CONFIG'] = os.path.join(ROOT, 'ansible.cfg')
+    e['ANSIBLE_PYTHON_INTERPRETER'] = os.path.join(VENV_BIN, 'python')
+    e['ANSIBLE_FORCE_COLOR'] = '0'
+    for k in ('PODNET_LAB_PREFIX', 'PODNET_LAB_NODES'):
+        e.pop(k, None)
+    return e
+
+
+def inventory(tmp, prefix, nodes, routing, mtu):
+    d = os.path.join(tmp, prefix)
+    os.makedirs(os.path.join(d, 'group_vars', 'all'), exist_ok=True)
+    with open(os.path.join(d, 'lab.podnet.yml'), 'w') as f:
+        f.write('plugin: podnet.fabric.lab\nprefix: %s\nnodes: %d\nunderlay_cidr: 192.168.50.0/24\n' % (prefix, nodes))
+    write_cluster(d, prefix, routing, mtu)
+    return d
+
+
+def write_cluster(d, name, routing, mtu):
+    with open(os.path.join(d, 'group_vars', 'all', 'cluster.yml'), 'w') as f:
+        f.write(CLUSTER % {'name': name, 'routing': ROUTING[routing] % {'mtu': mtu}})
+
+
+def playbook(name, inv, *extra):
+    argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', name), '-i', inv] + list(extra)
+    p = subprocess.run(argv, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       universal_newlines=True, check=False)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout[-6000:])
+        raise SystemExit('%s on %s failed (rc %d)' % (name, inv, p.returncode))
+    return p.stdout
+
+
+def enter(prefix, node, argv, netns=None):
+    d = os.path.join(LAB_ROOT, prefix, node)
+    inner = (['nsenter', '--net=/run/netns/%s' % netns, '--'] if netns else []) + list(argv)
+    return ['nsenter', '--net=/run/netns/%s-%s' % (prefix, node), '--mount=%s/mnt' % d, '--uts=%s/uts' % d,
+            '--'] + inner
+
+
+def run(argv, timeout=120):
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                       timeout=timeout, check=False)
+    return p.returncode, p.stdout, p.stderr
+
+
+def health_ip(prefix, node):
+    rc, out, err = run(enter(prefix, node, ['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'], netns=HEALTH_NS))
+    m = re.search(r'inet (\S+)/', out)
+    if rc != 0 or not m:
+        raise SystemExit('%s/%s: no health endpoint address (%s)' % (prefix, node, err.strip()))
+    return m.group(1)
+
+
+def iperf(prefix, server, client, address, seconds, netns=None, port=5201):
+    """One single-stream TCP run: Gbit/s received. Server on CPU 1, client on CPU 0."""
+    srv = subprocess.Popen(enter(prefix, server, ['taskset', '-c', '1', 'iperf3', '-s', '-1', '-p', str(port)],
+                                 netns=netns), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _attempt in range(50):
+            rc, out, err = run(enter(prefix, client, ['taskset', '-c', '0', 'iperf3', '-c', address, '-p', str(port),
+                                                      '-t', str(seconds), '-J'], netns=netns), timeout=seconds + 30)
+            if rc == 0:
+                return json.loads(out)['end']['sum_received']['bits_per_second'] / 1e9
+            if 'Connection refused' not in out + err:
+                raise SystemExit('iperf3 %s/%s -> %s failed: %s' % (prefix, client, address, (out + err)[-500:]))
+            time.sleep(0.1)
+        raise SystemExit('iperf3 server on %s/%s never listened' % (prefix, server))
+    finally:
+        if srv.poll() is None:
+            srv.terminate()
+        srv.wait(timeout=10)
+
+
+def rtt(prefix, client, address, netns=None, count=50):
+    rc, out, err = run(enter(prefix, client, ['ping', '-q', '-c', str(count), '-i', '0.01', address], netns=netns))
+    m = re.search(r'= [\d.]+/([\d.]+)/', out)
+    if rc != 0 or not m:
+        raise SystemExit('ping %s/%s -> %s failed: %s' % (prefix, client, address, out + err))
+    return float(m.group(1))
+
+
+def stats(values):
+    return {'median': round(statistics.median(values), 3), 'min': round(min(values), 3),
+            'max': round(max(values), 3), 'n': len(values)}
+
+
+def throughput(args, tmp):
+    invs = {'native': inventory(tmp, 'pbn', 2, 'native', 1450), 'vxlan': inventory(tmp, 'pbv', 2, 'tunnel', 0)}
+    for inv in invs.values():
+        playbook('lab_up.yml', inv)
+        playbook('site.yml', inv)
+    pod = {'native': health_ip('pbn', 'node2'), 'vxlan': health_ip('pbv', 'node2')}
+    configs = [('node', 'pbn', None, '192.168.50.12'), ('native', 'pbn', HEALTH_NS, pod['native']),
+               ('vxlan', 'pbv', HEALTH_NS, pod['vxlan'])]
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for name, prefix, netns, address in configs:
+            row[name] = {'gbps': iperf(prefix, 'node2', 'node1', address, args.seconds, netns=netns),
+                         'rtt_ms': rtt(prefix, 'node1', address, netns=netns)}
+        row['native/node'] = row['native']['gbps'] / row['node']['gbps']
+        row['vxlan/native'] = row['vxlan']['gbps'] / row['native']['gbps']
+        rounds.append(row)
+        print('round %d: node %.2f, native %.2f, vxlan %.2f Gbit/s; native/node %.3f, vxlan/native %.3f' % (
+            r + 1, row['node']['gbps'], row['native']['gbps'], row['vxlan']['gbps'], row['native/node'],
+            row['vxlan/native']), flush=True)
+    out = {'rounds': rounds, 'seconds_per_run': args.seconds, 'pod_mtu': 1450}
+    for name in ('node', 'native', 'vxlan'):
+        out[name] = {'gbps': stats([x[name]['gbps'] for x in rounds]),
+                     'rtt_ms': stats([x[name]['rtt_ms'] for x in rounds])}
+    for ratio in ('native/node', 'vxlan/native'):
+        out[ratio] = stats([x[ratio] for x in rounds])
+    return out, invs
+
+
+def _ping_gap(prefix, address, action):
+    """Ping every 10 ms from node1's pod while action() runs; the longest time without a reply."""
+    p = subprocess.Popen(enter(prefix, 'node1', ['ping', '-D', '-i', '0.01', '-W', '1', address], netns=HEALTH_NS),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout))
+    reader.start()
+    time.sleep(1.0)
+    t0 = time.time()
+    action()
+    t1 = time.time()
+    time.sleep(1.0)
+    p.terminate()
+    p.wait(timeout=10)
+    reader.join(timeout=10)
+    stamps, seqs = [], []
+    for line in lines:
+        m = re.match(r'\[([\d.]+)\] \d+ bytes from .*icmp_seq=(\d+)', line)
+        if m:
+            stamps.append(float(m.group(1)))
+            seqs.append(int(m.group(2)))
+    window = [s for s in stamps if t0 - 1 <= s <= t1 + 1]
+    gaps = [b - a for a, b in zip(window, window[1:])]
+    sent = max(seqs) if seqs else 0
+    return {'gap_s': round(max(gaps), 3) if gaps else None, 'lost': sent - len(set(seqs)),
+            'replies': len(seqs), 'switch_run_s': round(t1 - t0, 2)}
+
+
+def switch_gap(invs):
+    inv = invs['vxlan']
+    address = health_ip('pbv', 'node2')
+    out = {}
+    for name, routing, mtu in (('tunnel->native', 'native', 1450), ('native->tunnel', 'tunnel', 0)):
+        write_cluster(inv, 'pbv', routing, mtu)
+        out[name] = _ping_gap('pbv', address, lambda: playbook('site.yml', inv))
+        print('switch %s: gap %s s, %d lost, site.yml %.1f s' % (name, out[name]['gap_s'], out[name]['lost'],
+                                                              out[name]['switch_run_s']), flush=True)
+    return out
+
+
+def _bird_pid(prefix, node):
+    ns = os.stat('/run/netns/%s-%s' % (prefix, node)).st_ino
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/comm' % pid) as f:
+                comm = f.read().strip()
+            if comm == 'bird' and os.stat('/proc/%s/ns/net' % pid).st_ino == ns:
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def _start_time(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/stat') as f:
+        btime = int(re.search(r'^btime (\d+)', f.read(), re.M).group(1))
+    return btime + ticks / float(os.sysconf('SC_CLK_TCK'))
+
+
+def _tor_has(prefix, cidr, nexthop):
+    rc, out, err = run(enter(prefix, 'tor', ['vtysh', '-c', 'show ip bgp %s json' % cidr]), timeout=10)
+    try:
+        doc = json.loads(out or '{}')
+    except ValueError:
+        return False
+    for path in doc.get('paths', []):
+        if any(h.get('ip') == nexthop for h in path.get('nexthops', [])):
+            return True
+    return False
+
+
+def _kernel_has(prefix, node, cidr):
+    rc, out, err = run(enter(prefix, node, ['ip', '-4', 'route', 'show', cidr]), timeout=10)
+    return bool(out.strip())
+
+
+def bgp_convergence(args, tmp):
+    inv = inventory(tmp, 'pbc', 3, 'bgp', 0)
+    playbook('lab_up.yml', inv)
+    playbook('lab_tor.yml', inv)
+    playbook('site.yml', inv)
+    with open('/run/podnet-lab/pbc/ledger.json') as f:
+        cidr = json.load(f)['nodes']['node3']['cidrs']['ipv4'][0]
+    samples = []
+    for r in range(args.bgp_rounds):
+        pid = _bird_pid('pbc', 'node3')
+        if pid:
+            os.kill(pid, 15)
+            deadline = time.time() + 15
+            while (_tor_has('pbc', cidr, '192.168.50.13') or _kernel_has('pbc', 'node1', cidr)) and time.time() < deadline:
+                time.sleep(0.05)
+        done = {}
+
+        def poll():
+            end = time.time() + 60
+            while time.time() < end and len(done) < 2:
+                now = time.time()
+                if 'tor' not in done and _tor_has('pbc', cidr, '192.168.50.13'):
+                    done['tor'] = now
+                if 'peer' not in done and _kernel_has('pbc', 'node1', cidr):
+                    done['peer'] = now
+                time.sleep(0.02)
+        t = threading.Thread(target=poll)
+        t.start()
+        playbook('site.yml', inv, '--limit', 'node3')
+        t.join()
+        pid = _bird_pid('pbc', 'node3')
+        if pid is None or len(done) < 2:
+            raise SystemExit('bgp: node3 speaker did not converge (pid %s, seen %s)' % (pid, sorted(done)))
+        start = _start_time(pid)
+        sample = {'tor_s': round(done['tor'] - start, 3), 'peer_s': round(done['peer'] - start, 3)}
+        samples.append(sample)
+        print('bgp round %d: route at the ToR %.2f s, at node1 %.2f s after the speaker started' % (
+            r + 1, sample['tor_s'], sample['peer_s']), flush=True)
+    return {'rounds': samples, 'tor_s': stats([s['tor_s'] for s in samples]),
+            'peer_s': stats([s['peer_s'] for s in samples]), 'cidr': cidr}, inv
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--seconds', type=int, default=3)
+    ap.add_argument('--bgp-rounds', type=int, default=3)
+    ap.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'datapath.json'))
+    args = ap.parse_args()
+    if args.rounds < 5:
+        ap.error('--rounds: at least 5 (single pairs vary by +-6-8%)')
+    tmp = tempfile.mkdtemp(prefix='podnet-bench-')
+    labs = []
+    try:
+        tput, invs = throughput(args, tmp)
+        labs += invs.values()
+        gap = switch_gap(invs)
+        bgp, inv = bgp_convergence(args, tmp)
+        labs.append(inv)
+    finally:
+        for prefix in ('pbn', 'pbv', 'pbc'):
+            inv = os.path.join(tmp, prefix)
+            if os.path.isdir(inv):
+                playbook('lab_down.yml', inv)
+        shutil.rmtree(tmp, ignore_errors=True)
+    doc = {'benchmark': 'datapath', 'machine': {'cpus': os.cpu_count(), 'kernel': platform.release()},
+           'method': 'iperf3 single TCP stream, client CPU 0, server CPU 1; configurations interleaved '
+                     'node, native, vxlan per round; ratios = median of per-round paired ratios',
+           'throughput': tput, 'switch': gap, 'bgp_convergence': bgp, 'targets': TARGETS,
+           'ok': {'vxlan/native': tput['vxlan/native']['median'] >= TARGETS['vxlan/native'],
+                  'native/node': tput['native/node']['median'] >= TARGETS['native/node'],
+                  'bgp_convergence': max(bgp['tor_s']['median'], bgp['peer_s']['median']) < TARGETS['bgp_convergence_s']}}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+    print()
+    print('%-22s %10s %18s %10s' % ('path', 'Gbit/s', 'min-max', 'RTT ms'))
+    for name, label in (('node', 'node to node'), ('native', 'pod to pod native'), ('vxlan', 'pod to pod VXLAN')):
+        g = tput[name]['gbps']
+        print('%-22s %10.2f %18s %10.3f' % (label, g['median'], '%.2f-%.2f' % (g['min'], g['max']),
+                                           tput[name]['rtt_ms']['median']))
+    for ratio in ('native/node', 'vxlan/native'):
+        s = tput[ratio]
+        print('%-22s %10.3f %18s   target >= %.2f %s' % (ratio, s['median'], '%.3f-%.3f' % (s['min'], s['max']),
+                                                         TARGETS[ratio], 'ok' if doc['ok'][ratio] else 'MISSED'))
+    print('BGP convergence: ToR %.2f s, peer %.2f s (median of %d; target < %.0f s) %s' % (
+        bgp['tor_s']['median'], bgp['peer_s']['median'], len(bgp['rounds']), TARGETS['bgp_convergence_s'],
+        'ok' if doc['ok']['bgp_convergence'] else 'MISSED'))
+    for name, g in gap.items():
+        print('switch %s: longest gap %s s, %d pings lost' % (name, g['gap_s'], g['lost']))
+    print('wrote %s' % os.path.relpath(args.out, ROOT))
+
+
+if __name__ == '__main__':
+    main()
