@@ -1,0 +1,377 @@
+"""BGP on a real lab (prefix `pbg`): BIRD (and FRR) speakers on the nodes, FRR on the ToR.
+
+Asserts on what the daemons and kernels hold (vtysh JSON in the ToR, `ip -j route` in every
+member, /proc for daemon PIDs), never on a task's status alone. Also measures BGP convergence: the
+time from a new node's speaker starting (its process start time) to its route being in the ToR's
+kernel and in a peer node's kernel, polled every 50 ms. The tests run in file order and build on
+each other's lab state.
+"""
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+
+import pytest
+import yaml
+
+from labutil import LAB_ROOT, netns_names, nsenter, playbook, recap, write_lab_inventory
+
+PREFIX = 'pbg'
+TOR = 'tor'
+TOR_IP = '192.168.50.1'
+PLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'playbooks', 'bgp_lab.yml')
+BIRD_PID = '/run/podnet/bgp/bird/bird.pid'
+FRR_PIDS = {'zebra': '/run/podnet/bgp/frr/podnet-zebra.pid', 'bgpd': '/run/podnet/bgp/frr/podnet-bgpd.pid'}
+TOR_PIDS = {'zebra': '/run/frr/podnet-zebra.pid', 'bgpd': '/run/frr/podnet-bgpd.pid'}
+CLUSTER = {
+    'podnet_cluster': {'name': 'lab', 'id': 0},
+    'podnet_routing': {
+        'mode': 'native', 'mtu': 0, 'masquerade': True,
+        'native': {'ipv4_cidr': '10.244.0.0/16',
+                   'bgp': {'local_asn': 65001, 'speaker': 'bird', 'hold_time': 9,
+                           'peers': [{'address': TOR_IP, 'asn': 65000}]}},
+    },
+}
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
+
+
+def nodes(n):
+    return ['node%d' % i for i in range(1, n + 1)]
+
+
+def node_ip(node):
+    return '192.168.50.%d' % (10 + int(node[4:]))
+
+
+def cidr(node):
+    return '10.244.%d.0/24' % int(node[4:])
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    base = tmp_path_factory.mktemp('bgp')
+    cluster = base / 'cluster.yml'
+    cluster.write_text(yaml.safe_dump(CLUSTER))
+    inv3 = write_lab_inventory(str(base / 'inv3'), PREFIX, nodes=3, cluster_vars=str(cluster))
+    inv4 = write_lab_inventory(str(base / 'inv4'), PREFIX, nodes=4, cluster_vars=str(cluster))
+    rc, out = playbook('lab_up.yml', inv3)
+    assert rc == 0, out
+    state = {'inv3': inv3, 'inv4': inv4, 'pids': set()}
+    yield state
+    playbook('lab_down.yml', inv4)
+    assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
+
+
+def run(inv, *extra, check=False):
+    return playbook(PLAY, inv, extra=list(extra), check=check)
+
+
+# ---------------------------------------------------------------- reading the lab
+
+def ip_routes(member):
+    """{dst: {gateway, protocol}} of the member's main IPv4 table."""
+    out = json.loads(nsenter(PREFIX, member, ['ip', '-j', '-4', 'route', 'show']) or '[]')
+    return dict((r['dst'], {'gateway': r.get('gateway'), 'protocol': r.get('protocol')}) for r in out)
+
+
+def tor_rib():
+    """{prefix: [next hops of the best path]} from FRR's BGP table in the ToR."""
+    doc = json.loads(nsenter(PREFIX, TOR, ['vtysh', '-c', 'show ip bgp json']))
+    out = {}
+    for prefix, paths in doc.get('routes', {}).items():
+        best = [p for p in paths if p.get('bestpath')] or paths
+        out[prefix] = sorted(h['ip'] for p in best for h in p.get('nexthops', []))
+    return out
+
+
+def pidfile(member, path):
+    text = nsenter(PREFIX, member, ['cat', path], check=False).strip()
+    return int(text) if text.isdigit() else None
+
+
+def alive(pid):
+    """A live, non-zombie process."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0] not in ('Z', 'X')
+    except (IOError, OSError):
+        return False
+
+
+def comm(pid):
+    with open('/proc/%d/comm' % pid) as f:
+        return f.read().strip()
+
+
+def in_member(pid, member):
+    return os.stat('/proc/%d/ns/net' % pid).st_ino == os.stat('/run/netns/%s-%s' % (PREFIX, member)).st_ino
+
+
+def speaker_pids(lab, members):
+    """{member: {daemon: pid}} for the BGP daemons the lab members run, checked against /proc."""
+    out = {}
+    for m in members:
+        files = TOR_PIDS if m == TOR else dict(FRR_PIDS, bird=BIRD_PID)
+        pids = {}
+        for name, path in files.items():
+            pid = pidfile(m, path)
+            if pid and alive(pid):
+                assert comm(pid) == name and in_member(pid, m), (m, name, pid)
+                pids[name] = pid
+        out[m] = pids
+        lab['pids'].update(pids.values())
+    return out
+
+
+def wait_for(what, check, timeout=20.0):
+    deadline = time.time() + timeout
+    while True:
+        problems = check()
+        if not problems:
+            return
+        if time.time() > deadline:
+            raise AssertionError('%s: still %s after %ss' % (what, problems, timeout))
+        time.sleep(0.2)
+
+
+def converged(members, extra=None):
+    """Problems (empty when fine): the ToR's RIB and kernel and every node's kernel vs the nodes' CIDRs."""
+    extra = extra or {}
+    want = dict((cidr(n), node_ip(n)) for n in members)
+    want.update(extra)
+    problems = []
+    rib = tor_rib()
+    kernel = ip_routes(TOR)
+    for prefix, via in sorted(want.items()):
+        if rib.get(prefix) != [via]:
+            problems.append('ToR RIB %s: %s, want [%s]' % (prefix, rib.get(prefix), via))
+        if kernel.get(prefix, {}).get('gateway') != via or kernel[prefix]['protocol'] != 'bgp':
+            problems.append('ToR kernel %s: %s' % (prefix, kernel.get(prefix)))
+    for n in members:
+        routes = ip_routes(n)
+        for prefix, via in sorted(want.items()):
+            if via == node_ip(n):
+                # The node's own CIDR: advertised from a blackhole that never reaches the kernel.
+                if prefix in routes:
+                    problems.append('%s kernel has its own %s: %s' % (n, prefix, routes[prefix]))
+            elif routes.get(prefix, {}).get('gateway') != TOR_IP:
+                problems.append('%s kernel %s: %s, want via the ToR' % (n, prefix, routes.get(prefix)))
+    return problems
+
+
+def speaker_routes(member):
+    return dict((d, r) for d, r in ip_routes(member).items() if r['protocol'] in ('bird', 'bgp'))
+
+
+# ---------------------------------------------------------------- tests
+
+def test_check_mode_starts_nothing(lab):
+    rc, out = run(lab['inv3'], check=True)
+    assert rc == 0, out
+    assert speaker_pids(lab, nodes(3) + [TOR]) == dict((m, {}) for m in nodes(3) + [TOR])
+    for m in nodes(3) + [TOR]:
+        assert not speaker_routes(m)
+        assert nsenter(PREFIX, m, ['ls', '/etc/podnet'], check=False) == ''
+
+
+def test_nodes_advertise_their_cidrs_and_pod_traffic_crosses_the_tor(lab):
+    rc, out = run(lab['inv3'])
+    assert rc == 0, out
+    pids = speaker_pids(lab, nodes(3) + [TOR])
+    assert all(set(pids[n]) == {'bird'} for n in nodes(3)) and set(pids[TOR]) == {'zebra', 'bgpd'}, pids
+    wait_for('BGP convergence', lambda: converged(nodes(3)))
+    # One pod address per node (on lo: the test's own stand-in for a pod), then ICMP between them.
+    for n in nodes(3):
+        nsenter(PREFIX, n, ['ip', 'addr', 'replace', cidr(n).replace('0/24', '1/32'), 'dev', 'lo'])
+    src, dst = '10.244.1.1', '10.244.2.1'
+    ok = subprocess.run(['nsenter', '--net=/run/netns/%s-node1' % PREFIX, 'ping', '-c', '1', '-W', '2', '-I', src, dst],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+    assert ok.returncode == 0, ok.stdout
+    # With TTL 1 the packet dies at the ToR, which answers: the path crosses it.
+    ttl1 = subprocess.run(['nsenter', '--net=/run/netns/%s-node1' % PREFIX, 'ping', '-c', '1', '-W', '2', '-t', '1',
+                           '-I', src, dst], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, check=False)
+    assert ttl1.returncode != 0 and 'From %s' % TOR_IP in ttl1.stdout and 'Time to live exceeded' in ttl1.stdout, ttl1.stdout
+    # No ICMP redirect may teach node1 a shortcut around the ToR.
+    assert nsenter(PREFIX, TOR, ['sysctl', '-n', 'net.ipv4.conf.all.send_redirects']).strip() == '0'
+    assert json.loads(nsenter(PREFIX, 'node1', ['ip', '-j', 'route', 'get', dst, 'from', src]))[0]['gateway'] == TOR_IP
+
+
+def test_second_run_changes_nothing_and_restarts_nothing(lab):
+    before = speaker_pids(lab, nodes(3) + [TOR])
+    rc, out = run(lab['inv3'])
+    assert rc == 0, out
+    assert all(v['changed'] == 0 for v in recap(out).values()), recap(out)
+    assert speaker_pids(lab, nodes(3) + [TOR]) == before
+
+
+class Poller(object):
+    """First time (CLOCK_BOOTTIME) a route to `prefix` is in each member's kernel, polled every 50 ms."""
+
+    def __init__(self, prefix, members):
+        self.prefix, self.members, self.seen = prefix, members, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        while not self.stop.is_set() and len(self.seen) < len(self.members):
+            for m in self.members:
+                if m in self.seen:
+                    continue
+                p = subprocess.run(['nsenter', '--net=/run/netns/%s-%s' % (PREFIX, m), 'ip', '-4', 'route', 'show',
+                                    'exact', self.prefix], stdout=subprocess.PIPE, universal_newlines=True, check=False)
+                if p.stdout.strip():
+                    self.seen[m] = time.clock_gettime(time.CLOCK_BOOTTIME)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        deadline = time.time() + 10
+        while len(self.seen) < len(self.members) and time.time() < deadline:
+            time.sleep(0.05)
+        self.stop.set()
+        self.thread.join()
+
+
+def started_at(pid):
+    """A process's start, in seconds of CLOCK_BOOTTIME (field 22 of /proc/PID/stat, in clock ticks)."""
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return int(fields[19]) / float(os.sysconf('SC_CLK_TCK'))
+
+
+def speaker_start(lab, node):
+    """When the node's BIRD started (CLOCK_BOOTTIME seconds)."""
+    return started_at(speaker_pids(lab, [node])[node]['bird'])
+
+
+def test_a_fourth_node_joins_without_touching_the_others(lab):
+    members = nodes(3) + [TOR]
+    before = speaker_pids(lab, members)
+    rc, out = playbook('lab_up.yml', lab['inv4'])
+    assert rc == 0, out
+    with Poller(cidr('node4'), [TOR, 'node1']) as poll:
+        rc, out = run(lab['inv4'])
+    assert rc == 0, out
+    # The ToR takes the new neighbour by itself (listen range); no other node's config changes.
+    assert all(recap(out)[m]['changed'] == 0 for m in members), recap(out)
+    assert speaker_pids(lab, members) == before
+    wait_for('BGP convergence with node4', lambda: converged(nodes(4)))
+    t0 = speaker_start(lab, 'node4')
+    lab['convergence'] = [(poll.seen[TOR] - t0, poll.seen['node1'] - t0)]
+    print('BGP convergence (node4 join): speaker start -> ToR kernel %.2f s, -> node1 kernel %.2f s'
+          % lab['convergence'][0])
+
+
+def test_convergence_of_a_restarted_speaker(lab):
+    """Two more samples: node4's speaker removed, then started again by the role."""
+    for _round in range(2):
+        rc, out = run(lab['inv4'], '--limit', 'node4', '-e', 'bgp_test_state=absent')
+        assert rc == 0, out
+        wait_for('node4 withdrawn', lambda: [m for m in (TOR, 'node1') if cidr('node4') in ip_routes(m)])
+        with Poller(cidr('node4'), [TOR, 'node1']) as poll:
+            rc, out = run(lab['inv4'], '--limit', 'node4')
+        assert rc == 0, out
+        t0 = speaker_start(lab, 'node4')
+        lab['convergence'].append((poll.seen[TOR] - t0, poll.seen['node1'] - t0))
+    tor = [c[0] for c in lab['convergence']]
+    peer = [c[1] for c in lab['convergence']]
+    print('BGP convergence over %d starts (BIRD): ToR kernel median %.2f s (%.2f-%.2f), peer node kernel median '
+          '%.2f s (%.2f-%.2f)' % (len(tor), statistics.median(tor), min(tor), max(tor),
+                                  statistics.median(peer), min(peer), max(peer)))
+    assert all(0 < c < 3.0 for c in tor + peer), lab['convergence']
+    wait_for('BGP convergence', lambda: converged(nodes(4)))
+
+
+def test_config_change_reloads_bird_without_restart(lab):
+    pid = speaker_pids(lab, ['node1'])['node1']['bird']
+    rc, out = run(lab['inv4'], '--limit', 'node1', '-e', '{"bgp_test_extra_prefixes": ["10.99.1.0/24"]}')
+    assert rc == 0, out
+    assert 'RUNNING HANDLER [podnet.fabric.bgp : Reload BIRD (lab process)]' in out
+    wait_for('10.99.1.0/24 learned', lambda: converged(nodes(4), {'10.99.1.0/24': node_ip('node1')}))
+    assert speaker_pids(lab, ['node1'])['node1'] == {'bird': pid}
+    rc, out = run(lab['inv4'], '--limit', 'node1')
+    assert rc == 0, out
+    wait_for('10.99.1.0/24 withdrawn', lambda: [m for m in nodes(4) + [TOR] if '10.99.1.0/24' in ip_routes(m)])
+    assert speaker_pids(lab, ['node1'])['node1'] == {'bird': pid}
+
+
+def test_frr_speaker_on_a_node_reloads_without_restart_and_hands_back_to_bird(lab):
+    old_bird = speaker_pids(lab, ['node2'])['node2']['bird']
+    rc, out = run(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr')
+    assert rc == 0, out
+    frr = speaker_pids(lab, ['node2'])['node2']
+    assert set(frr) == {'zebra', 'bgpd'} and not alive(old_bird), frr
+    wait_for('BGP convergence with FRR on node2', lambda: converged(nodes(4)))
+    assert set(r['protocol'] for r in speaker_routes('node2').values()) == {'bgp'}   # zebra installed them
+
+    rc, out = run(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
+                  '-e', '{"bgp_test_extra_prefixes": ["10.99.2.0/24"]}')
+    assert rc == 0, out
+    assert 'RUNNING HANDLER [podnet.fabric.bgp : Reload bgpd (lab process)]' in out
+    wait_for('10.99.2.0/24 learned', lambda: converged(nodes(4), {'10.99.2.0/24': node_ip('node2')}))
+    assert speaker_pids(lab, ['node2'])['node2'] == frr
+    rc, out = run(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
+                  '-e', '{"bgp_test_extra_prefixes": ["10.99.2.0/24"]}')
+    assert rc == 0 and recap(out)['node2']['changed'] == 0, out
+
+    rc, out = run(lab['inv4'], '--limit', 'node2')
+    assert rc == 0, out
+    pids = speaker_pids(lab, ['node2'])['node2']
+    assert set(pids) == {'bird'} and not any(alive(p) for p in frr.values())
+    assert nsenter(PREFIX, 'node2', ['ls', '/etc/podnet/bgp']).split() == ['bird.conf']
+    wait_for('BGP convergence back on BIRD', lambda: converged(nodes(4)) + [
+        '10.99.2.0/24 still at %s' % m for m in nodes(4) + [TOR] if '10.99.2.0/24' in ip_routes(m)])
+
+
+def test_absent_removes_speakers_routes_and_config(lab):
+    members = nodes(4) + [TOR]
+    before = speaker_pids(lab, members)
+    rc, out = run(lab['inv4'], '-e', 'bgp_test_state=absent', check=True)
+    assert rc == 0, out
+    assert speaker_pids(lab, members) == before
+    # A speaker killed outright cannot withdraw its kernel routes: the role must.
+    killed = before['node3']['bird']
+    os.kill(killed, 9)
+    wait_for('node3 bird gone', lambda: [killed] if alive(killed) else [])
+    assert speaker_routes('node3')
+
+    rc, out = run(lab['inv4'], '-e', 'bgp_test_state=absent')
+    assert rc == 0, out
+    for n in nodes(4):
+        assert not any(alive(p) for p in before[n].values())
+        assert speaker_pids(lab, [n])[n] == {}
+        assert speaker_routes(n) == {}, n
+        assert nsenter(PREFIX, n, ['ls', '/etc/podnet', '/run/podnet'], check=False).split() == ['/etc/podnet:', '/run/podnet:']
+    wait_for('the ToR forgets the nodes', lambda: [p for p in tor_rib() if p.startswith('10.')] + list(speaker_routes(TOR)))
+    rc, out = run(lab['inv4'], '-e', 'bgp_test_state=absent')
+    assert rc == 0 and all(recap(out)[n]['changed'] == 0 for n in nodes(4)), recap(out)
+
+    # No BGP in the cluster (tunnel mode): the ToR runs no daemon and keeps no config.
+    rc, out = playbook('lab_tor.yml', lab['inv4'], extra=['-e', '{"podnet_routing": {"mode": "tunnel"}}'])
+    assert rc == 0, out
+    assert not any(alive(p) for p in before[TOR].values())
+    assert speaker_pids(lab, [TOR])[TOR] == {}
+    assert nsenter(PREFIX, TOR, ['ls', '/etc/podnet', '/run'], check=False).split() == ['/etc/podnet:', '/run:', 'podnet']
+    assert nsenter(PREFIX, TOR, ['sysctl', '-n', 'net.ipv4.conf.all.send_redirects']).strip() == '1'
+    rc, out = playbook('lab_tor.yml', lab['inv4'], extra=['-e', '{"podnet_routing": {"mode": "tunnel"}}'])
+    assert rc == 0 and recap(out)[TOR]['changed'] == 0, out
+
+
+def test_zz_lab_down_leaves_no_daemon_and_no_namespace(lab):
+    rc, out = run(lab['inv4'])
+    assert rc == 0, out
+    wait_for('BGP convergence', lambda: converged(nodes(4)))
+    running = speaker_pids(lab, nodes(4) + [TOR])
+    assert sum(len(v) for v in running.values()) == 6
+    rc, out = playbook('lab_down.yml', lab['inv4'])
+    assert rc == 0, out
+    assert not [p for p in lab['pids'] if alive(p)], 'daemons left: %s' % sorted(p for p in lab['pids'] if alive(p))
+    assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
+    assert not os.path.exists(os.path.join(LAB_ROOT, PREFIX))
