@@ -103,9 +103,11 @@ def capture(lab_inv_prefix, traffic, flt='udp port 8472 or icmp or tcp port 4240
     ul = '/run/netns/%s-ul' % lab_inv_prefix
     p = subprocess.Popen(['nsenter', '--net=' + ul, '--', 'tcpdump', '-i', iface, '-nn', '-l', '-U', '-T', 'vxlan',
                           ] + flt.split(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    line = p.stderr.readline()
-    assert 'listening' in line, line
     try:
+        head = ''
+        while 'listening on' not in head and p.poll() is None:
+            head += p.stderr.readline()
+        assert 'listening on' in head, head
         traffic()
         time.sleep(0.5)
     finally:
