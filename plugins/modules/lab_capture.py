@@ -197,11 +197,15 @@ def main():
     try:
         deadline = time.time() + 10
         ready = ''
+        # Unbuffered reads: a buffered readline could swallow the 'listening' line select never sees.
+        fd = cap.stderr.fileno()
         while 'listening on' not in ready and time.time() < deadline:
-            r = select.select([cap.stderr], [], [], 0.2)[0]
-            if r:
-                ready += cap.stderr.readline()
-            if cap.poll() is not None:
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                ready += chunk.decode('utf-8', 'replace')
+            elif cap.poll() is not None:
                 break
         if 'listening on' not in ready:
             module.fail_json(msg='tcpdump did not start: %s' % ready.strip())
