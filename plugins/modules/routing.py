@@ -50,8 +50,8 @@ options:
     required: true
   cluster:
     description:
-      - Every node of the cluster, C({name: {ip, cidrs: {ipv4: [...], ipv6: [...]}}}). This node's
-        own entry is skipped.
+      - 'Every node of the cluster, C({name: {ip, cidrs: {ipv4: [...], ipv6: [...]}}}). This node''s
+        own entry is skipped.'
     type: dict
     default: {}
   tunnel:
