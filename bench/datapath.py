@@ -132,9 +132,14 @@ def iperf(prefix, server, client, address, seconds, netns=None, port=5201):
         for _attempt in range(50):
             rc, out, err = run(enter(prefix, client, ['taskset', '-c', '0', 'iperf3', '-c', address, '-p', str(port),
                                                       '-t', str(seconds), '-J'], netns=netns), timeout=seconds + 30)
-            if rc == 0:
-                return json.loads(out)['end']['sum_received']['bits_per_second'] / 1e9
-            if 'Connection refused' not in out + err:
+            try:
+                doc = json.loads(out)
+            except ValueError:
+                doc = {'error': out + err}
+            if rc == 0 and 'sum_received' in doc.get('end', {}):
+                return doc['end']['sum_received']['bits_per_second'] / 1e9
+            # iperf3 -J reports a server not listening yet in 'error' (sometimes with rc 0): retry.
+            if 'refused' not in str(doc.get('error')) + err:
                 raise SystemExit('iperf3 %s/%s -> %s failed: %s' % (prefix, client, address, (out + err)[-500:]))
             time.sleep(0.1)
         raise SystemExit('iperf3 server on %s/%s never listened' % (prefix, server))
@@ -221,8 +226,9 @@ def switch_gap(invs):
     for name, routing, mtu in (('tunnel->native', 'native', 1450), ('native->tunnel', 'tunnel', 0)):
         write_cluster(inv, 'pbv', routing, mtu)
         out[name] = _ping_gap('pbv', address, lambda: playbook('site.yml', inv))
-        print('switch %s: gap %s s, %d lost, site.yml %.1f s' % (name, out[name]['gap_s'], out[name]['lost'],
-                                                              out[name]['switch_run_s']), flush=True)
+        g = out[name]
+        print('switch %s: gap %s s, %d lost, site.yml %.1f s' % (name, g['gap_s'], g['lost'], g['switch_run_s']),
+              flush=True)
     return out
 
 
@@ -309,7 +315,7 @@ def bgp_convergence(args, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--seconds', type=int, default=3)
     ap.add_argument('--bgp-rounds', type=int, default=3)
@@ -318,13 +324,10 @@ def main():
     if args.rounds < 5:
         ap.error('--rounds: at least 5 (single pairs vary by +-6-8%)')
     tmp = tempfile.mkdtemp(prefix='podnet-bench-')
-    labs = []
     try:
         tput, invs = throughput(args, tmp)
-        labs += invs.values()
         gap = switch_gap(invs)
-        bgp, inv = bgp_convergence(args, tmp)
-        labs.append(inv)
+        bgp = bgp_convergence(args, tmp)[0]
     finally:
         for prefix in ('pbn', 'pbv', 'pbc'):
             inv = os.path.join(tmp, prefix)
@@ -345,8 +348,8 @@ def main():
     print('%-22s %10s %18s %10s' % ('path', 'Gbit/s', 'min-max', 'RTT ms'))
     for name, label in (('node', 'node to node'), ('native', 'pod to pod native'), ('vxlan', 'pod to pod VXLAN')):
         g = tput[name]['gbps']
-        print('%-22s %10.2f %18s %10.3f' % (label, g['median'], '%.2f-%.2f' % (g['min'], g['max']),
-                                           tput[name]['rtt_ms']['median']))
+        span = '%.2f-%.2f' % (g['min'], g['max'])
+        print('%-22s %10.2f %18s %10.3f' % (label, g['median'], span, tput[name]['rtt_ms']['median']))
     for ratio in ('native/node', 'vxlan/native'):
         s = tput[ratio]
         print('%-22s %10.3f %18s   target >= %.2f %s' % (ratio, s['median'], '%.3f-%.3f' % (s['min'], s['max']),

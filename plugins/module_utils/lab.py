@@ -22,6 +22,7 @@ __metaclass__ = type
 import ipaddress
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -438,3 +439,109 @@ def apply(prefix, desired, actions):
             _set_address(prefix, a['name'], a['address'], a['mtu'], a['stale'])
         else:  # pragma: no cover - plan() only emits the kinds above
             raise LabError('unknown lab action %r' % kind)
+
+
+# ---------------------------------------------------------------- capture on the underlay
+
+_IP_LINE = re.compile(r'^(?:[\d:.]+ )?IP6? (?P<src>\S+) > (?P<dst>\S+): (?P<rest>.*)$')
+
+
+def _endpoint(token):
+    """'10.0.0.1.4240' -> ('10.0.0.1', 4240); 'fd00::1.53' -> ('fd00::1', 53); no port -> None."""
+    if ':' in token:
+        addr, sep, port = token.rpartition('.')
+        return (addr, int(port)) if sep and port.isdigit() else (token, None)
+    parts = token.split('.')
+    if len(parts) == 5:
+        return '.'.join(parts[:4]), int(parts[4])
+    return token, None
+
+
+def _proto(rest):
+    if rest.startswith('ICMP'):
+        return 'icmp'
+    if rest.startswith('Flags ['):
+        return 'tcp'
+    if rest.startswith('UDP') or rest.startswith('VXLAN'):
+        return 'udp'
+    return 'other'
+
+
+def parse(lines, vxlan_port=8472):
+    """Pure: tcpdump -nn -T vxlan lines to packet dicts (a VXLAN packet spans two lines)."""
+    packets = []
+    for line in lines:
+        line = line.rstrip()
+        m = _IP_LINE.match(line)
+        if not m:
+            continue
+        rest = m.group('rest')
+        src = _endpoint(m.group('src'))[0]
+        dst, dport = _endpoint(m.group('dst'))
+        pkt = {'src': src, 'dst': dst, 'proto': _proto(rest), 'dport': dport}
+        if packets and packets[-1].get('vni') is not None and 'inner_src' not in packets[-1] \
+                and not re.match(r'^[\d:.]+ ', line):
+            packets[-1].update(inner_src=pkt['src'], inner_dst=pkt['dst'], inner_proto=pkt['proto'],
+                               inner_dport=pkt['dport'])
+            continue
+        vni = re.search(r'VXLAN, flags \[[^\]]*\] \([^)]*\), vni (\d+)', rest)
+        if vni and pkt['dport'] == vxlan_port:
+            pkt['vni'] = int(vni.group(1))
+        packets.append(pkt)
+    return packets
+
+
+def capture(prefix, traffic, interface='br0', pcap_filter='', vxlan_port=8472, settle=0.5, tcpdump='tcpdump',
+            before_stop=None):
+    """Run tcpdump on the lab's underlay while the traffic commands run inside members.
+
+    traffic: [{'member', 'netns' (optional, inside the member), 'argv'}]; before_stop: a callable run
+    after them, still capturing (tests drive traffic from Python). Returns
+    {'lines', 'packets' (see parse), 'traffic': [{member, netns, argv, rc, stdout, stderr}]}.
+    Raises LabError when the lab or tcpdump is missing. The capture is a process started and
+    ended here (by its PID), whatever happens.
+    """
+    ul = os.path.join(NETNS_DIR, netns_name(prefix, 'ul'))
+    if not os.path.exists(ul):
+        raise LabError('prefix: no lab %r on this machine (%s is missing)' % (prefix, ul))
+    # -T vxlan decodes the UDP packets the filter selects as VXLAN: keep other UDP out of the filter.
+    argv = ['nsenter', '--net=' + ul, '--', tcpdump, '-i', interface, '-nn', '-l', '-U',
+            '-T', 'vxlan'] + (pcap_filter.split() if pcap_filter else [])
+    cap = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    results = []
+    try:
+        deadline = time.time() + 10
+        ready = ''
+        # Unbuffered reads: a buffered readline could swallow the 'listening' line select never sees.
+        fd = cap.stderr.fileno()
+        while 'listening on' not in ready and time.time() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                ready += chunk.decode('utf-8', 'replace')
+            elif cap.poll() is not None:
+                break
+        if 'listening on' not in ready:
+            raise LabError('tcpdump did not start: %s' % ready.strip())
+        for t in traffic:
+            cmd = list(t['argv'])
+            if t.get('netns'):
+                cmd = ['nsenter', '--net=/run/netns/%s' % t['netns'], '--'] + cmd
+            run = subprocess.run(nsenter_argv(prefix, t['member'], cmd), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, universal_newlines=True, timeout=60, check=False)
+            results.append({'member': t['member'], 'netns': t.get('netns'), 'argv': t['argv'],
+                            'rc': run.returncode, 'stdout': run.stdout, 'stderr': run.stderr})
+        if before_stop is not None:
+            before_stop()
+        time.sleep(settle)
+    finally:
+        if cap.poll() is None:
+            cap.send_signal(signal.SIGINT)
+        try:
+            out = cap.communicate(timeout=5)[0]
+        except subprocess.TimeoutExpired:
+            cap.kill()
+            out = cap.communicate()[0]
+    lines = out.splitlines()
+    return {'lines': lines, 'packets': parse(lines, vxlan_port), 'traffic': results}

@@ -255,8 +255,8 @@ def summary(actions):
         if kind in ('create_device', 'delete_device'):
             out.append('%s %s' % (kind.replace('_device', ''), a['name']))
         elif kind == 'set_device':
-            out.append('set %s %s' % (a['name'], ', '.join('%s=%s' % (k, v) for k, v in sorted(a.items())
-                                                         if k not in ('action', 'name'))))
+            fields = ', '.join('%s=%s' % (k, v) for k, v in sorted(a.items()) if k not in ('action', 'name'))
+            out.append('set %s %s' % (a['name'], fields))
         elif kind.startswith('route'):
             out.append('%s %s via %s dev %s' % (kind, a['dst'], a['gateway'], a['dev']))
         elif kind.startswith('neigh'):

@@ -109,63 +109,10 @@ lines:
   elements: str
 '''
 
-import os
-import re
-import select
-import signal
-import subprocess
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import lab
-
-_IP_LINE = re.compile(r'^(?:[\d:.]+ )?IP6? (?P<src>\S+) > (?P<dst>\S+): (?P<rest>.*)$')
-
-
-def _endpoint(token):
-    """'10.0.0.1.4240' -> ('10.0.0.1', 4240); 'fd00::1.53' -> ('fd00::1', 53); no port -> None."""
-    if ':' in token:
-        addr, sep, port = token.rpartition('.')
-        return (addr, int(port)) if sep and port.isdigit() else (token, None)
-    parts = token.split('.')
-    if len(parts) == 5:
-        return '.'.join(parts[:4]), int(parts[4])
-    return token, None
-
-
-def _proto(rest):
-    if rest.startswith('ICMP'):
-        return 'icmp'
-    if rest.startswith('Flags ['):
-        return 'tcp'
-    if rest.startswith('UDP') or rest.startswith('VXLAN'):
-        return 'udp'
-    return 'other'
-
-
-def parse(lines, vxlan_port=8472):
-    """Pure: tcpdump -nn -T vxlan lines to packet dicts (a VXLAN packet spans two lines)."""
-    packets = []
-    for line in lines:
-        line = line.rstrip()
-        m = _IP_LINE.match(line)
-        if not m:
-            continue
-        rest = m.group('rest')
-        src = _endpoint(m.group('src'))[0]
-        dst, dport = _endpoint(m.group('dst'))
-        pkt = {'src': src, 'dst': dst, 'proto': _proto(rest), 'dport': dport}
-        if packets and packets[-1].get('vni') is not None and 'inner_src' not in packets[-1] \
-                and not re.match(r'^[\d:.]+ ', line):
-            packets[-1].update(inner_src=pkt['src'], inner_dst=pkt['dst'], inner_proto=pkt['proto'],
-                               inner_dport=pkt['dport'])
-            continue
-        vni = re.search(r'VXLAN, flags \[[^\]]*\] \([^)]*\), vni (\d+)', rest)
-        if vni and pkt['dport'] == vxlan_port:
-            pkt['vni'] = int(vni.group(1))
-        packets.append(pkt)
-    return packets
 
 
 def main():
@@ -185,49 +132,13 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    ul = os.path.join(lab.NETNS_DIR, lab.netns_name(p['prefix'], 'ul'))
-    if not os.path.exists(ul):
-        module.fail_json(msg='prefix: no lab %r on this machine (%s is missing)' % (p['prefix'], ul))
-    tcpdump = module.get_bin_path('tcpdump', required=True)
-    # -T vxlan decodes the UDP packets the filter selects as VXLAN: keep other UDP out of the filter.
-    argv = ['nsenter', '--net=' + ul, '--', tcpdump, '-i', p['interface'], '-nn', '-l', '-U',
-            '-T', 'vxlan'] + (p['filter'].split() if p['filter'] else [])
-    cap = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    results = []
     try:
-        deadline = time.time() + 10
-        ready = ''
-        # Unbuffered reads: a buffered readline could swallow the 'listening' line select never sees.
-        fd = cap.stderr.fileno()
-        while 'listening on' not in ready and time.time() < deadline:
-            if select.select([fd], [], [], 0.2)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                ready += chunk.decode('utf-8', 'replace')
-            elif cap.poll() is not None:
-                break
-        if 'listening on' not in ready:
-            module.fail_json(msg='tcpdump did not start: %s' % ready.strip())
-        for t in p['traffic']:
-            cmd = list(t['argv'])
-            if t.get('netns'):
-                cmd = ['nsenter', '--net=/run/netns/%s' % t['netns'], '--'] + cmd
-            run = subprocess.run(lab.nsenter_argv(p['prefix'], t['member'], cmd), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, universal_newlines=True, timeout=60, check=False)
-            results.append({'member': t['member'], 'netns': t.get('netns'), 'argv': t['argv'],
-                            'rc': run.returncode, 'stdout': run.stdout, 'stderr': run.stderr})
-        time.sleep(p['settle'])
-    finally:
-        if cap.poll() is None:
-            cap.send_signal(signal.SIGINT)
-        try:
-            out = cap.communicate(timeout=5)[0]
-        except subprocess.TimeoutExpired:
-            cap.kill()
-            out = cap.communicate()[0]
-    lines = out.splitlines()
-    module.exit_json(changed=False, lines=lines, packets=parse(lines, p['vxlan_port']), traffic=results)
+        result = lab.capture(p['prefix'], p['traffic'], interface=p['interface'], pcap_filter=p['filter'],
+                             vxlan_port=p['vxlan_port'], settle=p['settle'],
+                             tcpdump=module.get_bin_path('tcpdump', required=True))
+    except lab.LabError as e:
+        module.fail_json(msg=str(e))
+    module.exit_json(changed=False, **result)
 
 
 if __name__ == '__main__':

@@ -9,13 +9,12 @@ build on each other's lab state.
 import json
 import os
 import re
-import subprocess
-import time
 
 import labutil
 import pytest
 import yaml
 
+from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
 from labutil import LAB_ROOT, REPO, netns_names, nsenter, playbook, recap, write_lab_inventory
 
 PREFIX = 'prl'
@@ -95,25 +94,9 @@ def pod_tcp(src, dst_ip, port=4240):
     return in_pod(src, [os.path.join(REPO, '.venv', 'bin', 'python'), '-c', code, dst_ip]).strip()
 
 
-def capture(lab_inv_prefix, traffic, flt='udp port 8472 or icmp or tcp port 4240', iface='br0'):
-    """Capture on the underlay while traffic runs: packets as lab_capture returns them."""
-    import sys
-    sys.path.insert(0, os.path.join(REPO, 'build', 'collections'))
-    from ansible_collections.podnet.fabric.plugins.modules import lab_capture  # noqa: E402
-    ul = '/run/netns/%s-ul' % lab_inv_prefix
-    p = subprocess.Popen(['nsenter', '--net=' + ul, '--', 'tcpdump', '-i', iface, '-nn', '-l', '-U', '-T', 'vxlan',
-                          ] + flt.split(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    try:
-        head = ''
-        while 'listening on' not in head and p.poll() is None:
-            head += p.stderr.readline()
-        assert 'listening on' in head, head
-        traffic()
-        time.sleep(0.5)
-    finally:
-        p.send_signal(2)
-        out = p.communicate(timeout=10)[0]
-    return lab_capture.parse(out.splitlines())
+def capture(prefix, traffic, flt='udp port 8472 or icmp or tcp port 4240', iface='br0'):
+    """Capture on the underlay while traffic() runs: packets as lab_capture returns them."""
+    return lab_utils.capture(prefix, [], interface=iface, pcap_filter=flt, before_stop=traffic)['packets']
 
 
 def all_pairs(nodes):

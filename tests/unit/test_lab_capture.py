@@ -1,5 +1,5 @@
-"""Unit tests for the tcpdump parsing of plugins/modules/lab_capture.py."""
-from ansible_collections.podnet.fabric.plugins.modules import lab_capture
+"""Unit tests for the tcpdump parsing behind lab_capture (plugins/module_utils/lab.py)."""
+from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_capture
 
 LINES = """20:06:43.545713 IP 192.168.60.11.51418 > 192.168.60.12.8472: VXLAN, flags [I] (0x08), vni 2
 IP 10.244.1.1 > 10.244.2.1: ICMP echo request, id 6713, seq 1, length 64

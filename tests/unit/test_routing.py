@@ -31,7 +31,7 @@ def realize(desired):
 def test_node_mac_is_locally_administered_unicast_and_stable():
     mac = routing.node_mac('192.168.50.12')
     assert mac == '0e:70:c0:a8:32:0c'
-    first = int(mac.split(':')[0], 16)
+    first = int(mac.split(':', maxsplit=1)[0], 16)
     assert first & 2 and not first & 1
 
 
