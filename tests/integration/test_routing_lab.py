@@ -114,6 +114,18 @@ def all_pairs(nodes):
     return ips, bad
 
 
+def pairs_captured(nodes):
+    """all_pairs while capturing on the underlay: (pod IPs, failures, packets)."""
+    ips, bad = {}, []
+
+    def traffic():
+        found, failed = all_pairs(nodes)
+        ips.update(found)
+        bad.extend(failed)
+    pkts = capture(PREFIX, traffic)
+    return ips, bad, pkts
+
+
 def test_geneve_on_a_kernel_without_geneve_stops_before_anything_changes(lab):
     nodes = ['node1', 'node2', 'node3']
     before = labutil.lab_snapshot(PREFIX, nodes)
@@ -141,13 +153,7 @@ def test_tunnel_mode_builds_the_overlay_and_pods_talk_over_vxlan(lab):
         fdb = nsenter(PREFIX, n, ['bridge', 'fdb', 'show', 'dev', 'podnet_vxlan'])
         for p in peers:
             assert 'dst %s self permanent' % led[p]['ip'] in fdb
-    ips, bad = {}, []
-
-    def traffic():
-        found, failed = all_pairs(['node1', 'node2', 'node3'])
-        ips.update(found)
-        bad.extend(failed)
-    pkts = capture(PREFIX, traffic)
+    ips, bad, pkts = pairs_captured(['node1', 'node2', 'node3'])
     assert bad == []
     vx = [p for p in pkts if p.get('vni') == 2]
     assert vx, pkts
@@ -219,13 +225,7 @@ def test_switch_to_native_leaves_no_tunnel_state_and_pods_talk_plain_ip(lab):
         assert 'podnet_vxlan' not in nsenter(PREFIX, n, ['ip', 'link'])
         want = sorted((led[p]['cidrs']['ipv4'][0], led[p]['ip'], 'eth0') for p in led if p != n)
         assert our_routes(n) == want
-    ips, bad = {}, []
-
-    def traffic():
-        found, failed = all_pairs(['node1', 'node2', 'node3'])
-        ips.update(found)
-        bad.extend(failed)
-    pkts = capture(PREFIX, traffic)
+    ips, bad, pkts = pairs_captured(['node1', 'node2', 'node3'])
     assert bad == []
     pod_ips = set(ips.values())
     assert not [p for p in pkts if 'vni' in p or p['dport'] == 8472]
