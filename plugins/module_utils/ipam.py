@@ -986,16 +986,25 @@ def plan_endpoint_ip(store, cidrs_or_pool, endpoint_id, family, pool=None):
     cidrs_or_pool: a list of CIDR/IP texts (the node's cidrs or one multi-pool pool's blocks) or
     a CRD pool dict {IP-or-CIDR: {}}. Idempotent: an endpoint that already holds an address of
     this family (and pool) gets it back unchanged. Returns (new_store, ip); store is not mutated.
+
+    An address the endpoint holds that is no longer inside the node's CIDRs (the node's lease
+    changed, for example a new ledger) is stale: it is dropped and a new one allocated.
     """
     if family not in FAMILIES:
         raise IpamError('family %r is not ipv4 or ipv6' % (family,))
     store = store or empty_store()
     used = store.get('used') or {}
-    for ip, rec in used.items():
-        if rec.get('owner') == endpoint_id and family_of(ip) == family and \
-                (pool is None or rec.get('pool') == pool):
-            return store, ip
     blocks = _blocks_of(cidrs_or_pool, family)
+    ranges = [_host_range(family, start, plen) for start, plen, _text in blocks]
+    held = [ip for ip, rec in used.items()
+            if rec.get('owner') == endpoint_id and family_of(ip) == family and (pool is None or rec.get('pool') == pool)]
+    for ip in held:
+        value = int(ipaddress.ip_address(ip))
+        if any(first <= value <= last for first, last in ranges):
+            return store, ip
+    if held:
+        used = dict((ip, rec) for ip, rec in used.items() if ip not in held)
+        store = dict(store, used=used)
     label = "pool '%s'" % pool if pool else 'node CIDRs'
     if not blocks:
         raise IpamError('%s: no %s CIDRs to allocate from for endpoint %s' % (label, family, endpoint_id))

@@ -104,7 +104,10 @@ def test_check_mode_plans_then_site_allocates_and_podnet_host_holds_the_router_i
     rc, out = playbook('site.yml', labs['inv3'])
     assert rc == 0, out
     doc = ledger()
-    assert sorted(doc['nodes']) == NODES and doc['serial'] == 1 and doc['cluster'] == 'lab'
+    assert sorted(doc['nodes']) == NODES and doc['cluster'] == 'lab'
+    # One allocation write (serial 1); later writes record the health endpoints' IP use.
+    assert all(doc['nodes'][n]['allocated_at'] == 1 for n in NODES)
+    assert all(doc['nodes'][n]['pools_used'] == {'default': {'ipv4': 1}} for n in NODES), doc
     cidrs = [doc['nodes'][n]['cidrs']['ipv4'][0] for n in NODES]
     assert cidrs == ['10.244.0.0/24', '10.244.1.0/24', '10.244.2.0/24']
     for n, cidr in zip(NODES, cidrs):
@@ -161,7 +164,14 @@ def test_adding_a_node_allocates_a_new_cidr_without_moving_others(labs):
     assert doc['nodes']['node4']['cidrs']['ipv4'] == ['10.244.3.0/24']
     assert host_addresses('node4') == ['10.244.3.1/32']
     assert node_json('node4', LEASE)['cidrs']['ipv4'] == ['10.244.3.0/24']
-    assert lab_snapshot(PREFIX, NODES) == snap
+    # The other nodes gain a route to node4's CIDR (routing follows the ledger) and nothing else.
+    after = lab_snapshot(PREFIX, NODES)
+    for n in NODES:
+        added = [r for r in after[n]['routes'] if r not in snap[n]['routes']]
+        assert [r for r in snap[n]['routes'] if r not in after[n]['routes']] == []
+        assert [r['dst'] for r in added] == ['10.244.3.0/24'], added
+        after[n]['routes'] = snap[n]['routes']
+    assert after == snap
 
 
 def test_removed_node_keeps_its_cidr_until_prune_then_it_is_reused(labs):
@@ -204,10 +214,12 @@ def test_endpoint_ips_are_allocated_and_released_persistently(labs, tmp_path):
     rc, out = playbook(alloc, labs['inv3'])
     assert rc == 0, out
     used = node_json('node1', STORE)['used']
-    assert used == {'10.244.0.2': {'owner': 'default/a', 'pool': 'default'},
-                    '10.244.0.3': {'owner': 'default/b', 'pool': 'default'}}
-    assert ledger()['nodes']['node1']['pools_used'] == {'default': {'ipv4': 2}}
-    assert node_json('node2', STORE) is None
+    # .2 is the node's health endpoint (site.yml's health role)
+    assert used == {'10.244.0.2': {'owner': 'podnet-health', 'pool': 'default'},
+                    '10.244.0.3': {'owner': 'default/a', 'pool': 'default'},
+                    '10.244.0.4': {'owner': 'default/b', 'pool': 'default'}}
+    assert ledger()['nodes']['node1']['pools_used'] == {'default': {'ipv4': 3}}
+    assert list(node_json('node2', STORE)['used']) == ['10.244.1.2']
 
     # A later run (a new process, as a new job would be) gives the same endpoints the same IPs.
     rc, out = playbook(alloc, labs['inv3'])
@@ -220,17 +232,18 @@ def test_endpoint_ips_are_allocated_and_released_persistently(labs, tmp_path):
         {'name': 'show', 'ansible.builtin.debug': {'msg': 'C-IP {{ c.ips.ipv4 }}'}}])
     rc, out = playbook(release, labs['inv3'])
     assert rc == 0, out
-    assert 'C-IP 10.244.0.2' in out                  # the released address is handed out again
-    assert node_json('node1', STORE)['used'] == {'10.244.0.2': {'owner': 'default/c', 'pool': 'default'},
-                                                 '10.244.0.3': {'owner': 'default/b', 'pool': 'default'}}
+    assert 'C-IP 10.244.0.3' in out                  # the released address is handed out again
+    assert node_json('node1', STORE)['used'] == {'10.244.0.2': {'owner': 'podnet-health', 'pool': 'default'},
+                                                 '10.244.0.3': {'owner': 'default/c', 'pool': 'default'},
+                                                 '10.244.0.4': {'owner': 'default/b', 'pool': 'default'}}
 
     cleanup = endpoint_play(tmp_path / 'cleanup.yml', [
         {'name': 'release %s' % e, 'podnet.fabric.ipam_endpoint': {'endpoint_id': e, 'state': 'absent'}}
         for e in ('default/b', 'default/c')])
     rc, out = playbook(cleanup, labs['inv3'])
     assert rc == 0, out
-    assert node_json('node1', STORE)['used'] == {}
-    assert 'pools_used' not in ledger()['nodes']['node1']
+    assert list(node_json('node1', STORE)['used']) == ['10.244.0.2']
+    assert ledger()['nodes']['node1']['pools_used'] == {'default': {'ipv4': 1}}
 
 
 def test_report_writes_json_and_html(labs, tmp_path):
@@ -273,25 +286,23 @@ def test_exhausted_node_cidr_fails_the_endpoint_with_pool_size_and_use(labs, tmp
     rc, out = playbook('site.yml', labs['inv3'], extra=['-e', '@' + ev])
     assert rc == 0, out
     assert host_addresses('node1') == ['10.98.0.1/32']
+    # The /30's one endpoint address went to the node's health endpoint (site.yml's health role).
     play = endpoint_play(tmp_path / 'full.yml', [
-        {'name': 'first', 'podnet.fabric.ipam_endpoint': {'endpoint_id': 'default/first'}},
-        {'name': 'second', 'podnet.fabric.ipam_endpoint': {'endpoint_id': 'default/second'}}])
+        {'name': 'first', 'podnet.fabric.ipam_endpoint': {'endpoint_id': 'default/first'}}])
     rc, out = playbook(play, labs['inv3'], extra=['-e', '@' + ev])
     assert rc != 0, out
     flat = ' '.join(out.split())
     assert ("pool 'default' (10.98.0.0/30: 1 endpoint address) is exhausted: 1 of 1 in use; cannot allocate "
-            "an ipv4 address for endpoint default/second") in flat, out
-    assert list(node_json('node1', STORE)['used']) == ['10.98.0.2']
+            "an ipv4 address for endpoint default/first") in flat, out
+    assert node_json('node1', STORE)['used'] == {'10.98.0.2': {'owner': 'podnet-health', 'pool': 'default'}}
     assert ledger(small)['nodes']['node1']['pools_used'] == {'default': {'ipv4': 1}}
 
     # Back to the lab's own ledger: the nodes get their CIDRs back, unchanged.
-    release = endpoint_play(tmp_path / 'rel.yml', [
-        {'name': 'release', 'podnet.fabric.ipam_endpoint': {'endpoint_id': 'default/first', 'state': 'absent'}}])
-    assert playbook(release, labs['inv3'], extra=['-e', '@' + ev])[0] == 0
     rc, out = playbook('site.yml', labs['inv3'])
     assert rc == 0, out
     assert host_addresses('node1') == ['10.244.0.1/32']
     assert node_json('node1', LEASE)['cidrs']['ipv4'] == ['10.244.0.0/24']
+    assert node_json('node1', STORE)['used'] == {'10.244.0.2': {'owner': 'podnet-health', 'pool': 'default'}}
 
 
 def test_zz_lab_down_leaves_nothing(labs):

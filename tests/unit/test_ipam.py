@@ -513,6 +513,17 @@ def test_endpoint_ip_allocation_and_release():
     assert s5['used'][ip5] == {'owner': 'default/c'}
 
 
+def test_endpoint_ip_outside_a_changed_lease_is_reallocated():
+    s1, ip1 = ipam.plan_endpoint_ip(ipam.empty_store(), ['10.244.1.0/24'], 'podnet-health', 'ipv4')
+    s1, other = ipam.plan_endpoint_ip(s1, ['10.244.1.0/24'], 'default/b', 'ipv4')
+    # The node's lease moved to another CIDR (a new ledger): the stale address is dropped.
+    s2, ip2 = ipam.plan_endpoint_ip(s1, ['10.98.0.0/30'], 'podnet-health', 'ipv4')
+    assert (ip1, ip2) == ('10.244.1.2', '10.98.0.2')
+    assert s2['used'] == {'10.98.0.2': {'owner': 'podnet-health'}, other: {'owner': 'default/b'}}
+    same, ip = ipam.plan_endpoint_ip(s2, ['10.98.0.0/30'], 'podnet-health', 'ipv4')
+    assert same is s2 and ip == ip2
+
+
 def test_endpoint_ip_dual_stack_pool_and_crd_pool():
     store = ipam.empty_store()
     cidrs = ['10.244.1.0/24', 'fd00::100/120']
