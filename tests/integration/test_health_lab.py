@@ -228,8 +228,8 @@ def assert_endpoint(node):
     assert 'UP' in link(node, 'lo', endpoint=True)['flags']
     inside = sorted((r['dst'], r.get('gateway'), r['dev'], r.get('scope'), r['protocol'])
                     for r in routes(node, endpoint=True))
-    assert inside == [(router, None, 'eth0', '253', 'podnet'), ('default', router, 'eth0', None, 'podnet')]
-    ours = [r for r in routes(node) if r.get('protocol') == 'podnet' and r.get('dev') == 'lxc_health']
+    assert inside == [(router, None, 'eth0', '253', '201'), ('default', router, 'eth0', None, '201')]
+    ours = [r for r in routes(node) if r.get('protocol') == '201' and r.get('dev') == 'lxc_health']
     assert [(r['dst'], r.get('scope')) for r in ours] == [(ip, '253')]   # scope link
     pid = pidfile_pid(node)
     assert pid and responders(node) == [pid]
@@ -388,7 +388,7 @@ def test_absent_leaves_nothing(lab):
         assert gone(pids[n]) and not responders(n)
         assert NETNS not in netns_list(n)
         assert link(n, 'lxc_health') is None
-        assert not [r for r in routes(n) if r.get('protocol') == 'podnet' and r.get('dev') == 'lxc_health']
+        assert not [r for r in routes(n) if r.get('protocol') == '201' and r.get('dev') == 'lxc_health']
         assert pidfile_pid(n) is None
         assert health_ip(n) is None                     # the IP went back to the node's pool
     out = run_health(lab, '-e', 'health_state=absent')
@@ -456,9 +456,9 @@ def test_dual_stack_endpoint_proxies_the_ipv6_router_and_answers_over_both_famil
             router6 = str(ipaddress.ip_network(lease_of(n)['cidrs']['ipv6'][0]).network_address + 1)
             assert global_addrs(n, 'eth0', endpoint=True) == sorted(['%s/32' % v4[0], '%s/128' % v6[0]])
             inside6 = sorted((r['dst'], r.get('gateway'), r.get('protocol'))
-                             for r in routes(n, endpoint=True, family='-6') if r.get('protocol') == 'podnet')
-            assert inside6 == [('default', router6, 'podnet'), (router6, None, 'podnet')]
-            ours6 = [r['dst'] for r in routes(n, family='-6') if r.get('protocol') == 'podnet'
+                             for r in routes(n, endpoint=True, family='-6') if r.get('protocol') == '201')
+            assert inside6 == [('default', router6, '201'), (router6, None, '201')]
+            ours6 = [r['dst'] for r in routes(n, family='-6') if r.get('protocol') == '201'
                      and r.get('dev') == 'lxc_health']
             assert ours6 == [v6[0]]
             proxy = nsenter(PREFIX, n, ['ip', '-6', 'neigh', 'show', 'proxy', 'dev', 'lxc_health']).split()
