@@ -35,7 +35,7 @@ __metaclass__ = type
 
 import ipaddress
 
-from ansible_collections.podnet.fabric.plugins.module_utils.netlink import RTPROT_PODNET
+from ansible_collections.podnet.fabric.plugins.module_utils.netlink import IFF_UP, RTPROT_PODNET
 
 VXLAN_DEVICE = 'podnet_vxlan'
 GENEVE_PREFIX = 'podnet_g'
@@ -81,8 +81,6 @@ def peers(cluster, node):
             continue
         entry = cluster[name] or {}
         cidrs = entry.get('cidrs') or {}
-        if isinstance(cidrs, list):
-            cidrs = {'ipv4': [c for c in cidrs if ':' not in c], 'ipv6': [c for c in cidrs if ':' in c]}
         norm = dict((f, sorted(str(ipaddress.ip_network(c, strict=False)) for c in cidrs.get(f) or ()))
                     for f in FAMILIES)
         if not entry.get('ip') or not (norm['ipv4'] or norm['ipv6']):
@@ -278,7 +276,7 @@ def _device_view(link):
     kind = info.get_attr('IFLA_INFO_KIND') if info else None
     data = info.get_attr('IFLA_INFO_DATA') if info else None
     view = {'kind': kind, 'mtu': link.get_attr('IFLA_MTU'), 'mac': link.get_attr('IFLA_ADDRESS'),
-            'up': bool(link['flags'] & 1), 'id': None, 'port': None, 'local': None, 'remote': None,
+            'up': bool(link['flags'] & IFF_UP), 'id': None, 'port': None, 'local': None, 'remote': None,
             'link': None, 'learning': None}
     if data is not None and kind == 'vxlan':
         view.update(id=data.get_attr('IFLA_VXLAN_ID'), port=data.get_attr('IFLA_VXLAN_PORT'),
@@ -292,12 +290,10 @@ def _device_view(link):
 
 def read(ipr, routes_table=254):
     """The realized state (only our objects), in the plan's shape."""
-    names = {}
+    all_links = ipr.get_links()
+    names = dict((link['index'], link.get_attr('IFLA_IFNAME')) for link in all_links)
     devices = {}
-    for link in ipr.get_links():
-        name = link.get_attr('IFLA_IFNAME')
-        names[link['index']] = name
-    for link in ipr.get_links():
+    for link in all_links:
         name = link.get_attr('IFLA_IFNAME')
         if owned_device(name):
             view = _device_view(link)
