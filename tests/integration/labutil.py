@@ -121,3 +121,27 @@ def netns_names():
 def mountpoints():
     with open('/proc/self/mountinfo') as f:
         return [line.split()[4] for line in f]
+
+
+def purge(prefix):
+    """Remove whatever a previous (killed) run left of lab `prefix`: processes in its members,
+    mounts, namespaces, the underlay and its state dir. Only that prefix is touched."""
+    from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
+    realized = lab_utils.read(prefix)
+    lab_utils.apply(prefix, None, lab_utils.plan(None, realized))
+    leftovers = [n for n in netns_names() if n.startswith(prefix + '-')]
+    assert not leftovers, 'lab %s: could not remove %s' % (prefix, leftovers)
+
+
+def assert_lab_gone(prefix):
+    assert not [n for n in netns_names() if n.startswith(prefix + '-')]
+    assert not [m for m in mountpoints() if m.startswith(os.path.join(LAB_ROOT, prefix) + '/')
+                or m == os.path.join(LAB_ROOT, prefix)]
+    assert not os.path.exists(os.path.join(LAB_ROOT, prefix))
+
+
+def run_ok(name, *inventories, **kw):
+    """ansible-playbook that must succeed: returns its output, fails the test with it otherwise."""
+    rc, out = playbook(name, *inventories, **kw)
+    assert rc == 0, 'ansible-playbook %s exited %d:\n%s' % (name, rc, out[-6000:])
+    return out
