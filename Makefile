@@ -1,4 +1,5 @@
-# podnet.fabric - see README.md. All targets run as root on a Debian 12 machine.
+# podnet.fabric - see README.md. All targets run as root on a Debian 12 machine, and each one installs
+# what it needs first (scripts/bootstrap.sh: a no-op in well under a second once done).
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
@@ -7,12 +8,15 @@ export ANSIBLE_PYTHON_INTERPRETER := $(VENV)/bin/python
 export ANSIBLE_FORCE_COLOR := 0
 SCENARIO ?= default
 BENCH ?= ipam
+BENCHES := $(patsubst bench/%.py,%,$(wildcard bench/[a-z]*.py))
+PYTEST_ARGS ?=
 COLL := build/ansible_collections/podnet/fabric
 
-.PHONY: bootstrap demo down test sanity lint unit integration molecule bench clean
+.PHONY: bootstrap demo down test sanity lint unit integration molecule bench bench-quick clean
 
+# scripts/test.sh runs bootstrap once and sets PODNET_BOOTSTRAPPED for the targets it calls.
 bootstrap:
-	@scripts/bootstrap.sh
+	@[ -n "$(PODNET_BOOTSTRAPPED)" ] || scripts/bootstrap.sh
 
 demo: bootstrap
 	ansible-playbook -i inventories/lab playbooks/lab_up.yml
@@ -22,17 +26,12 @@ demo: bootstrap
 down: bootstrap
 	ansible-playbook -i inventories/lab playbooks/lab_down.yml
 
-test: bootstrap
-	$(MAKE) sanity lint unit integration
-	$(MAKE) molecule SCENARIO=default
-	$(MAKE) molecule SCENARIO=ipam
-	$(MAKE) molecule SCENARIO=tunnel
-	$(MAKE) molecule SCENARIO=native
-	$(MAKE) molecule SCENARIO=bgp
-	@echo "make test: all suites passed"
+# The whole suite in stages (static, lab, bench), with a table of wall time per stage at the end.
+test:
+	@scripts/test.sh
 
 # ansible-test needs the collection at ansible_collections/<ns>/<name>: test a copy of the tracked files.
-sanity:
+sanity: bootstrap
 	@# ansible-test fetches a pip bootstrap script from a host this machine can't reach: give it ours.
 	@mkdir -p ~/.ansible/test/cache; for v in $$(grep -oh "pip='[0-9.]*'" $(VENV)/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | tr -dc "0-9.\n" | sort -u); do \
 	  cp scripts/get_pip_standin.py ~/.ansible/test/cache/get_pip_$${v//./_}.py; done
@@ -40,20 +39,24 @@ sanity:
 	git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(COLL)/
 	cd $(COLL) && git init -q . && git add -A && ansible-test sanity --requirements --python 3.11 --color no
 
-lint:
+lint: bootstrap
 	ansible-lint --profile production --nocolor
 
-unit:
-	scripts/pytest.sh tests/unit
+unit: bootstrap
+	scripts/pytest.sh -n 2 tests/unit
 
-integration:
-	scripts/pytest.sh tests/integration
+integration: bootstrap
+	scripts/pytest.sh $(PYTEST_ARGS) tests/integration
 
-molecule:
+molecule: bootstrap
 	molecule test -s $(SCENARIO)
 
-bench:
-	python bench/$(BENCH).py
+bench: bootstrap
+	python bench/$(BENCH).py $(BENCH_ARGS)
+
+# Every benchmark once, small and quick, so a broken benchmark fails the suite (figures: `make bench`).
+bench-quick: bootstrap
+	@set -e; for b in $(BENCHES); do echo "== bench $$b --quick"; python bench/$$b.py --quick; done
 
 clean:
 	rm -rf build .pytest_cache
