@@ -10,9 +10,11 @@ APT_PACKAGES=(python3-venv python3-pip python3-bpfcc python3-nftables bpftool "l
 # Debian starts these daemons in the machine's own namespace when installed; podnet runs its own.
 DISTRO_DAEMONS=(bird.service frr.service)
 
+# One dpkg-query for all (a package it doesn't know is missing too).
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' "${APT_PACKAGES[@]}" 2>/dev/null | awk '/install ok installed/ {print $1}')
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  grep -qx "$p" <<<"$installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
