@@ -1,8 +1,11 @@
 """IPAM benchmark: allocate 10,000 nodes + write the ledger, the no-op re-run, peak memory.
 
-Run: .venv/bin/python bench/ipam.py [--nodes N] [--rounds R]
+Run: .venv/bin/python bench/ipam.py [--nodes N] [--rounds R] | --quick
 Writes bench/results/ipam.json and prints a table with the targets (DESIGN/issue 3):
   allocation of 10,000 nodes plus the ledger write < 1 s; the no-op re-run < 0.5 s.
+--quick (CI: proves the benchmark still runs): 500 nodes, one round, written to
+build/bench/ipam.quick.json so the committed figures stay. Exits non-zero if a child fails, an
+assertion on the allocation fails, or (real runs) a target is missed.
 
 Each round of each scenario runs in a fresh child process (so ru_maxrss is that scenario's
 own peak and no warm cache carries over); figures are medians over the rounds.
@@ -18,7 +21,6 @@ own peak and no warm cache carries over); figures are medians over the rounds.
 from __future__ import print_function
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -31,17 +33,13 @@ import tempfile
 import time
 import tracemalloc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _common  # first: makes ansible_collections.podnet.fabric importable (here and in each child)
+
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+
 TARGET_ALLOC = 1.0
 TARGET_NOOP = 0.5
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(
-        'podnet_fabric_module_utils_' + name, os.path.join(ROOT, 'plugins', 'module_utils', name + '.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+QUICK = {'nodes': 500, 'rounds': 1}
 
 
 def make_model(scenario, n):
@@ -60,8 +58,6 @@ def make_model(scenario, n):
 
 
 def child(scenario, n):
-    ledger = _load('ledger')
-    ipam = _load('ipam')
     model = make_model(scenario, n)
     run = list(model['nodes'])
     tmp = tempfile.mkdtemp(prefix='podnet-bench-')
@@ -117,20 +113,28 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--nodes', type=int, default=10000)
     ap.add_argument('--rounds', type=int, default=5)
-    ap.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'ipam.json'))
+    ap.add_argument('--quick', action='store_true',
+                    help='%(nodes)d nodes, %(rounds)d round, results in build/bench/ (CI smoke run)' % QUICK)
+    ap.add_argument('--out', help='default: bench/results/ipam.json (--quick: build/bench/ipam.quick.json)')
     ap.add_argument('--child', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.nodes)))
         return 0
+    if args.quick:
+        args.nodes, args.rounds = QUICK['nodes'], QUICK['rounds']
+    out_path = args.out or _common.results_path('ipam', args.quick)
+    prov = _common.provenance()
 
     scenarios = ['cluster-pool', 'multi-pool']
     samples = dict((s, []) for s in scenarios)
     for _r in range(args.rounds):
         for s in scenarios:           # interleaved, so drift on the machine hits both alike
-            out = subprocess.check_output([sys.executable, os.path.abspath(__file__), '--child', s,
-                                           '--nodes', str(args.nodes)])
-            samples[s].append(json.loads(out.decode().strip().splitlines()[-1]))
+            argv = [sys.executable, os.path.abspath(__file__), '--child', s, '--nodes', str(args.nodes)]
+            p = subprocess.run(argv, stdout=subprocess.PIPE, universal_newlines=True, check=False)
+            if p.returncode != 0:
+                raise SystemExit('ipam bench: the %s child exited %d (its error is above)' % (s, p.returncode))
+            samples[s].append(json.loads(p.stdout.strip().splitlines()[-1]))
 
     results = {}
     for s in scenarios:
@@ -144,8 +148,9 @@ def main():
 
     cfgs = {'cluster-pool': 'ipv4 10.0.0.0/8 mask 24',
             'multi-pool': 'default 10.0.0.0/12 mask 27 pre 8; gpu 10.128.0.0/12 mask 28 pre 16'}
-    print('IPAM benchmark: %d nodes, %d rounds (medians), file ledger, Python %s, %d CPUs'
-          % (args.nodes, args.rounds, platform.python_version(), os.cpu_count() or 0))
+    print('IPAM benchmark%s: %d nodes, %d rounds (medians), file ledger, Python %s, nproc %d, commit %s'
+          % (' (quick)' if args.quick else '', args.nodes, args.rounds, platform.python_version(),
+             prov['machine']['nproc'], (prov['git']['commit'] or '?')[:10]))
     hdr = '%-13s %7s %9s %9s %9s %11s %10s %7s %9s %10s'
     print(hdr % ('scenario', 'blocks', 'alloc s', 'target', 'noop s', 'read+plan s', 'target', 'add1 s',
                  'heap MiB', 'maxrss MiB'))
@@ -157,20 +162,16 @@ def main():
             r['add1_s'], r['tracemalloc_peak_mib'], r['ru_maxrss_mib']))
         print('%-13s %s; ledger %.2f MB' % ('', cfgs[s], r['ledger_bytes'] / 1e6))
 
-    doc = {'benchmark': 'ipam', 'nodes': args.nodes, 'rounds': args.rounds,
+    doc = {'benchmark': 'ipam', 'quick': args.quick, 'nodes': args.nodes, 'rounds': args.rounds,
            'targets': {'alloc_s': TARGET_ALLOC, 'noop_s': TARGET_NOOP},
-           'machine': {'python': platform.python_version(), 'cpus': os.cpu_count(),
-                       'platform': platform.platform()},
-           'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+           'method': 'each round runs every scenario once, interleaved, each in a fresh process; '
+                     'figures are medians over the rounds',
            'scenarios': dict((s, {'config': cfgs[s], 'median': dict((k, (round(v, 4) if isinstance(v, float) else v))
                                                                     for k, v in results[s].items())})
                              for s in scenarios),
            'ok': all(results[s]['alloc_ok'] and results[s]['noop_ok'] for s in scenarios)}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.write('\n')
-    print('wrote %s' % os.path.relpath(args.out, os.getcwd()))
+    doc.update(prov)
+    _common.write_json(out_path, doc)
     return 0 if doc['ok'] else 1
 
 
