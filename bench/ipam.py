@@ -14,6 +14,9 @@ own peak and no warm cache carries over); figures are medians over the rounds.
 - noop:    the same call again: lock, read + parse, plan (nothing to do), compare, no write.
 - read+plan: a lock-free read and the plan alone (what --check needs).
 - add1:    one more node joins the full cluster (every existing block is parsed and marked).
+- each time is wall-clock (perf_counter; the targets are on these) and the process's CPU time
+  (process_time, `*_cpu_s`): on a machine busy with other work the wall time grows with the load,
+  the CPU time much less.
 - tracemalloc peak: Python heap peak of one alloc (measured in a separate pass: tracing
   slows the code down, so it is not timed). ru_maxrss: the child's peak RSS after the timed
   alloc + noop (interpreter included).
@@ -67,10 +70,10 @@ def child(scenario, n):
         def plan(doc):
             return ipam.plan_cluster(model, doc, run)[0]
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         led = ledger.open_ledger(cfg, cluster='bench')
         doc, changed = led.update(plan)
-        t_alloc = time.perf_counter() - t0
+        t_alloc, c_alloc = time.perf_counter() - t0, time.process_time() - c0
         assert changed and len(doc['nodes']) == n
         blocks = [c for e in doc['nodes'].values() for c in e['cidrs']['ipv4']]
         blocks += [c for e in doc['nodes'].values() for p in e['pools'].values() for c in p['ipv4']]
@@ -78,22 +81,22 @@ def child(scenario, n):
         size = os.path.getsize(cfg['path'])
         mtime = os.stat(cfg['path']).st_mtime_ns
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         doc2, changed2 = ledger.open_ledger(cfg, cluster='bench').update(plan)
-        t_noop = time.perf_counter() - t0
+        t_noop, c_noop = time.perf_counter() - t0, time.process_time() - c0
         assert not changed2 and os.stat(cfg['path']).st_mtime_ns == mtime
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cur = ledger.open_ledger(cfg, cluster='bench').read()
         new, changes = ipam.plan_cluster(model, cur, run)
-        t_read_plan = time.perf_counter() - t0
+        t_read_plan, c_read_plan = time.perf_counter() - t0, time.process_time() - c0
         assert new is cur and not changes
         # one node joins a full cluster: every existing block is parsed and marked in use
         model['nodes']['node-new'] = dict(model['nodes'][run[0]])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         doc3, changed3 = ledger.open_ledger(cfg, cluster='bench').update(
             lambda d: ipam.plan_cluster(model, d, ['node-new'])[0])
-        t_add1 = time.perf_counter() - t0
+        t_add1, c_add1 = time.perf_counter() - t0, time.process_time() - c0
         assert changed3 and len(doc3['nodes']) == n + 1
         maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -105,6 +108,7 @@ def child(scenario, n):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {'alloc_s': t_alloc, 'noop_s': t_noop, 'read_plan_s': t_read_plan, 'add1_s': t_add1,
+            'alloc_cpu_s': c_alloc, 'noop_cpu_s': c_noop, 'read_plan_cpu_s': c_read_plan, 'add1_cpu_s': c_add1,
             'tracemalloc_peak_mib': peak / 2.0 ** 20, 'ru_maxrss_mib': maxrss_kib / 1024.0,
             'ledger_bytes': size, 'blocks': len(blocks)}
 
@@ -152,15 +156,19 @@ def main():
           % (' (quick)' if args.quick else '', args.nodes, args.rounds, platform.python_version(),
              prov['machine']['nproc'], (prov['git']['commit'] or '?')[:10]))
     hdr = '%-13s %7s %9s %9s %9s %11s %10s %7s %9s %10s'
-    print(hdr % ('scenario', 'blocks', 'alloc s', 'target', 'noop s', 'read+plan s', 'target', 'add1 s',
+    print(hdr % ('scenario', 'blocks', 'alloc s', 'target', 'noop s', 'target', 'read+plan s', 'add1 s',
                  'heap MiB', 'maxrss MiB'))
     for s in scenarios:
         r = results[s]
-        print('%-13s %7d %9.3f %9s %9.3f %11.3f %10s %7.3f %9.1f %10.1f' % (
+        print('%-13s %7d %9.3f %9s %9.3f %10s %11.3f %7.3f %9.1f %10.1f' % (
             s, r['blocks'], r['alloc_s'], ('< %.1f %s' % (TARGET_ALLOC, 'ok' if r['alloc_ok'] else 'MISS')),
-            r['noop_s'], r['read_plan_s'], ('< %.1f %s' % (TARGET_NOOP, 'ok' if r['noop_ok'] else 'MISS')),
+            r['noop_s'], ('< %.1f %s' % (TARGET_NOOP, 'ok' if r['noop_ok'] else 'MISS')), r['read_plan_s'],
             r['add1_s'], r['tracemalloc_peak_mib'], r['ru_maxrss_mib']))
+        print('%-13s %9s %9.3f %9s %9.3f %10s %11.3f %7.3f' % (
+            '', 'CPU s', r['alloc_cpu_s'], '', r['noop_cpu_s'], '', r['read_plan_cpu_s'], r['add1_cpu_s']))
         print('%-13s %s; ledger %.2f MB' % ('', cfgs[s], r['ledger_bytes'] / 1e6))
+    print('load average at the start %s, at the end %s' % (
+        ' '.join('%.2f' % x for x in prov['machine']['loadavg_at_start']), ' '.join('%.2f' % x for x in os.getloadavg())))
 
     doc = {'benchmark': 'ipam', 'quick': args.quick, 'nodes': args.nodes, 'rounds': args.rounds,
            'targets': {'alloc_s': TARGET_ALLOC, 'noop_s': TARGET_NOOP},
@@ -171,6 +179,7 @@ def main():
                              for s in scenarios),
            'ok': all(results[s]['alloc_ok'] and results[s]['noop_ok'] for s in scenarios)}
     doc.update(prov)
+    doc['machine']['loadavg_at_end'] = [round(x, 2) for x in os.getloadavg()]
     _common.write_json(out_path, doc)
     return 0 if doc['ok'] else 1
 
