@@ -1,17 +1,24 @@
 """Datapath benchmark: node-to-node vs pod-to-pod native vs pod-to-pod VXLAN, BGP convergence, and
 the connectivity gap while a cluster switches between tunnel and native routing.
 
-Run: make bench BENCH=datapath   (or .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 3])
-Writes bench/results/datapath.json and prints the figures and ratios.
+Run: .venv/bin/python bench/datapath.py [--rounds 9] [--seconds 4] [--bgp-rounds 3] | --quick
+Writes bench/results/datapath.json and prints the figures and ratios. --quick (CI: proves the
+benchmark still runs, its figures mean nothing): the same labs, playbooks, iperf3 runs and pings, one
+round of 1 s; one switch (tunnel -> native) overlapped with one BGP restart; written to
+build/bench/datapath.quick.json.
+Exits non-zero when something breaks: a missing tool, a failed playbook, iperf3 or ping, a lab
+left behind. A missed target is reported (figures, `ok`), not an error. Before setup, leftovers of
+the bench's own labs (pbn, pbv, pbc; a killed run) are purged; teardown runs whatever happens.
 
-Method (DESIGN.md section 9: single pairs vary by +-6-8% on a 2-vCPU VM):
+Method (DESIGN.md section 9: single pairs vary by +-6-8% on a 2-vCPU VM). The three labs below are
+set up side by side first (lab_up, lab_tor, site.yml), then measured one thing at a time.
 - Two labs converged with playbooks/site.yml: `pbn` (native routing, direct routes) and `pbv`
   (VXLAN overlay), two nodes each, the same pod MTU (1450) in both. Pods are the nodes' health
   endpoints (netns podnet-health, a veth to the node), as the product sets them up.
 - Configurations are interleaved A B C, A B C ... over the rounds: A = node to node over the
   underlay (pbn's node1 -> node2), B = pod to pod native (pbn), C = pod to pod VXLAN (pbv).
   Each is one iperf3 TCP stream for --seconds (client on CPU 0, server on CPU 1) and a ping RTT
-  (50 echoes, 10 ms apart). Each ratio is the median of the per-round paired ratios, with min-max.
+  (--pings echoes, 50 by default, 10 ms apart). Figures are medians over the rounds. Each ratio is the median of the per-round paired ratios, with min-max.
 - BGP convergence (lab `pbc`, three nodes peering with the ToR's FRR, BIRD on the nodes): a node's
   speaker is stopped (its route withdrawn everywhere), then site.yml --limit that node starts it
   again; the time from the speaker process's start to its pod CIDR in the ToR's FRR RIB and in a
@@ -25,7 +32,6 @@ from __future__ import print_function
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -35,11 +41,16 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_BIN = os.path.join(ROOT, '.venv', 'bin')
-LAB_ROOT = '/run/podnet-lab'
+import _common  # first: makes ansible_collections.podnet.fabric importable
+from _common import BenchError, nsenter as enter, playbook, run
+
+PREFIXES = ('pbn', 'pbv', 'pbc')
 HEALTH_NS = 'podnet-health'
 TARGETS = {'vxlan/native': 0.90, 'native/node': 0.85, 'bgp_convergence_s': 3.0}
+QUICK = {'rounds': 1, 'seconds': 1, 'bgp_rounds': 1, 'pings': 10}
+TOOLS = ('iperf3', 'ping', 'nsenter', 'taskset', 'ip')
+LABS = {'pbn': (2, 'native', 1450), 'pbv': (2, 'tunnel', 0), 'pbc': (3, 'bgp', 0)}  # nodes, routing, mtu
+SWITCHES = (('tunnel->native', 'native', 1450), ('native->tunnel', 'tunnel', 0))  # in pbv; quick: the first
 
 CLUSTER = """---
 podnet_cluster: {name: %(name)s, id: 0}
@@ -68,17 +79,6 @@ ROUTING = {
 }
 
 
-def env():
-    e = dict(os.environ)
-    e['PATH'] = VENV_BIN + ':' + e.get('PATH', '')
-    e['ANSIBLE_CONFIG'] = os.path.join(ROOT, 'ansible.cfg')
-    e['ANSIBLE_PYTHON_INTERPRETER'] = os.path.join(VENV_BIN, 'python')
-    e['ANSIBLE_FORCE_COLOR'] = '0'
-    for k in ('PODNET_LAB_PREFIX', 'PODNET_LAB_NODES'):
-        e.pop(k, None)
-    return e
-
-
 def inventory(tmp, prefix, nodes, routing, mtu):
     d = os.path.join(tmp, prefix)
     os.makedirs(os.path.join(d, 'group_vars', 'all'), exist_ok=True)
@@ -93,34 +93,11 @@ def write_cluster(d, name, routing, mtu):
         f.write(CLUSTER % {'name': name, 'routing': ROUTING[routing] % {'mtu': mtu}})
 
 
-def playbook(name, inv, *extra):
-    argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', name), '-i', inv] + list(extra)
-    p = subprocess.run(argv, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       universal_newlines=True, check=False)
-    if p.returncode != 0:
-        sys.stderr.write(p.stdout[-6000:])
-        raise SystemExit('%s on %s failed (rc %d)' % (name, inv, p.returncode))
-    return p.stdout
-
-
-def enter(prefix, node, argv, netns=None):
-    d = os.path.join(LAB_ROOT, prefix, node)
-    inner = (['nsenter', '--net=/run/netns/%s' % netns, '--'] if netns else []) + list(argv)
-    return ['nsenter', '--net=/run/netns/%s-%s' % (prefix, node), '--mount=%s/mnt' % d, '--uts=%s/uts' % d,
-            '--'] + inner
-
-
-def run(argv, timeout=120):
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                       timeout=timeout, check=False)
-    return p.returncode, p.stdout, p.stderr
-
-
 def health_ip(prefix, node):
     rc, out, err = run(enter(prefix, node, ['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'], netns=HEALTH_NS))
     m = re.search(r'inet (\S+)/', out)
     if rc != 0 or not m:
-        raise SystemExit('%s/%s: no health endpoint address (%s)' % (prefix, node, err.strip()))
+        raise BenchError('%s/%s: no health endpoint address (%s)' % (prefix, node, err.strip()))
     return m.group(1)
 
 
@@ -140,9 +117,9 @@ def iperf(prefix, server, client, address, seconds, netns=None, port=5201):
                 return doc['end']['sum_received']['bits_per_second'] / 1e9
             # iperf3 -J reports a server not listening yet in 'error' (sometimes with rc 0): retry.
             if 'refused' not in str(doc.get('error')) + err:
-                raise SystemExit('iperf3 %s/%s -> %s failed: %s' % (prefix, client, address, (out + err)[-500:]))
+                raise BenchError('iperf3 %s/%s -> %s failed: %s' % (prefix, client, address, (out + err)[-500:]))
             time.sleep(0.1)
-        raise SystemExit('iperf3 server on %s/%s never listened' % (prefix, server))
+        raise BenchError('iperf3 server on %s/%s never listened' % (prefix, server))
     finally:
         if srv.poll() is None:
             srv.terminate()
@@ -150,10 +127,11 @@ def iperf(prefix, server, client, address, seconds, netns=None, port=5201):
 
 
 def rtt(prefix, client, address, netns=None, count=50):
+    """Mean RTT in ms of `count` echoes 10 ms apart; every one must be answered."""
     rc, out, err = run(enter(prefix, client, ['ping', '-q', '-c', str(count), '-i', '0.01', address], netns=netns))
     m = re.search(r'= [\d.]+/([\d.]+)/', out)
     if rc != 0 or not m:
-        raise SystemExit('ping %s/%s -> %s failed: %s' % (prefix, client, address, out + err))
+        raise BenchError('ping %s/%s -> %s failed: %s' % (prefix, client, address, out + err))
     return float(m.group(1))
 
 
@@ -162,11 +140,40 @@ def stats(values):
             'max': round(max(values), 3), 'n': len(values)}
 
 
-def throughput(args, tmp):
-    invs = {'native': inventory(tmp, 'pbn', 2, 'native', 1450), 'vxlan': inventory(tmp, 'pbv', 2, 'tunnel', 0)}
-    for inv in invs.values():
-        playbook('lab_up.yml', inv)
-        playbook('site.yml', inv)
+def in_parallel(*fns):
+    """Run the callables in threads, wait for all of them; their results, or the first error."""
+    results, errors = [None] * len(fns), []
+
+    def call(i, fn):
+        try:
+            results[i] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            errors.append(e)
+    threads = [threading.Thread(target=call, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def setup(tmp):
+    """The three labs, converged with site.yml, set up side by side (nothing is measured yet; an
+    idle lab costs nothing measurable later: BIRD and FRR only keep their sessions alive)."""
+    invs = dict((prefix, inventory(tmp, prefix, *LABS[prefix])) for prefix in PREFIXES)
+
+    def up(prefix):
+        playbook('lab_up.yml', invs[prefix])
+        if LABS[prefix][1] == 'bgp':
+            playbook('lab_tor.yml', invs[prefix])
+        playbook('site.yml', invs[prefix])
+    in_parallel(*[lambda p=p: up(p) for p in PREFIXES])
+    return invs
+
+
+def throughput(args):
     pod = {'native': health_ip('pbn', 'node2'), 'vxlan': health_ip('pbv', 'node2')}
     configs = [('node', 'pbn', None, '192.168.50.12'), ('native', 'pbn', HEALTH_NS, pod['native']),
                ('vxlan', 'pbv', HEALTH_NS, pod['vxlan'])]
@@ -175,20 +182,20 @@ def throughput(args, tmp):
         row = {}
         for name, prefix, netns, address in configs:
             row[name] = {'gbps': iperf(prefix, 'node2', 'node1', address, args.seconds, netns=netns),
-                         'rtt_ms': rtt(prefix, 'node1', address, netns=netns)}
+                         'rtt_ms': rtt(prefix, 'node1', address, netns=netns, count=args.pings)}
         row['native/node'] = row['native']['gbps'] / row['node']['gbps']
         row['vxlan/native'] = row['vxlan']['gbps'] / row['native']['gbps']
         rounds.append(row)
         print('round %d: node %.2f, native %.2f, vxlan %.2f Gbit/s; native/node %.3f, vxlan/native %.3f' % (
             r + 1, row['node']['gbps'], row['native']['gbps'], row['vxlan']['gbps'], row['native/node'],
             row['vxlan/native']), flush=True)
-    out = {'rounds': rounds, 'seconds_per_run': args.seconds, 'pod_mtu': 1450}
+    out = {'rounds': rounds, 'seconds_per_run': args.seconds, 'pings_per_run': args.pings, 'pod_mtu': 1450}
     for name in ('node', 'native', 'vxlan'):
         out[name] = {'gbps': stats([x[name]['gbps'] for x in rounds]),
                      'rtt_ms': stats([x[name]['rtt_ms'] for x in rounds])}
     for ratio in ('native/node', 'vxlan/native'):
         out[ratio] = stats([x[ratio] for x in rounds])
-    return out, invs
+    return out
 
 
 def _ping_gap(prefix, address, action):
@@ -215,15 +222,16 @@ def _ping_gap(prefix, address, action):
     window = [s for s in stamps if t0 - 1 <= s <= t1 + 1]
     gaps = [b - a for a, b in zip(window, window[1:])]
     sent = max(seqs) if seqs else 0
+    if not window:
+        raise BenchError('%s: no ping reply from %s while the cluster switched' % (prefix, address))
     return {'gap_s': round(max(gaps), 3) if gaps else None, 'lost': sent - len(set(seqs)),
             'replies': len(seqs), 'switch_run_s': round(t1 - t0, 2)}
 
 
-def switch_gap(invs):
-    inv = invs['vxlan']
+def switch_gap(inv, switches):
     address = health_ip('pbv', 'node2')
     out = {}
-    for name, routing, mtu in (('tunnel->native', 'native', 1450), ('native->tunnel', 'tunnel', 0)):
+    for name, routing, mtu in switches:
         write_cluster(inv, 'pbv', routing, mtu)
         out[name] = _ping_gap('pbv', address, lambda: playbook('site.yml', inv))
         g = out[name]
@@ -272,26 +280,29 @@ def _kernel_has(prefix, node, cidr):
     return bool(out.strip())
 
 
-def bgp_convergence(args, tmp):
-    inv = inventory(tmp, 'pbc', 3, 'bgp', 0)
-    playbook('lab_up.yml', inv)
-    playbook('lab_tor.yml', inv)
-    playbook('site.yml', inv)
-    with open('/run/podnet-lab/pbc/ledger.json') as f:
+def bgp_convergence(args, inv):
+    with open(os.path.join(_common.lab_utils.lab_dir('pbc'), 'ledger.json')) as f:
         cidr = json.load(f)['nodes']['node3']['cidrs']['ipv4'][0]
     samples = []
     for r in range(args.bgp_rounds):
         pid = _bird_pid('pbc', 'node3')
-        if pid:
-            os.kill(pid, 15)
-            deadline = time.time() + 15
-            while (_tor_has('pbc', cidr, '192.168.50.13') or _kernel_has('pbc', 'node1', cidr)) and time.time() < deadline:
-                time.sleep(0.05)
+        if pid is None:
+            raise BenchError('bgp: no BIRD process in pbc/node3')
+        os.kill(pid, 15)  # the lab's own speaker, which site.yml started in our lab
+        deadline = time.time() + 15
+        while _tor_has('pbc', cidr, '192.168.50.13') or _kernel_has('pbc', 'node1', cidr):
+            if time.time() > deadline:
+                raise BenchError('bgp: %s still routed 15 s after node3\'s speaker stopped' % cidr)
+            time.sleep(0.05)
         done = {}
+        finished = threading.Event()
 
         def poll():
-            end = time.time() + 60
-            while time.time() < end and len(done) < 2:
+            # until both have the route, or 60 s after site.yml ended (however long it took)
+            end = None
+            while len(done) < 2 and (end is None or time.time() < end):
+                if end is None and finished.is_set():
+                    end = time.time() + 60
                 now = time.time()
                 if 'tor' not in done and _tor_has('pbc', cidr, '192.168.50.13'):
                     done['tor'] = now
@@ -300,50 +311,132 @@ def bgp_convergence(args, tmp):
                 time.sleep(0.02)
         t = threading.Thread(target=poll)
         t.start()
-        playbook('site.yml', inv, '--limit', 'node3')
-        t.join()
+        try:
+            playbook('site.yml', inv, '--limit', 'node3')
+        finally:
+            finished.set()
+            t.join()
         pid = _bird_pid('pbc', 'node3')
         if pid is None or len(done) < 2:
-            raise SystemExit('bgp: node3 speaker did not converge (pid %s, seen %s)' % (pid, sorted(done)))
+            raise BenchError('bgp: node3 speaker did not converge (pid %s, seen %s)' % (pid, sorted(done)))
         start = _start_time(pid)
         sample = {'tor_s': round(done['tor'] - start, 3), 'peer_s': round(done['peer'] - start, 3)}
         samples.append(sample)
         print('bgp round %d: route at the ToR %.2f s, at node1 %.2f s after the speaker started' % (
             r + 1, sample['tor_s'], sample['peer_s']), flush=True)
     return {'rounds': samples, 'tor_s': stats([s['tor_s'] for s in samples]),
-            'peer_s': stats([s['peer_s'] for s in samples]), 'cidr': cidr}, inv
+            'peer_s': stats([s['peer_s'] for s in samples]), 'cidr': cidr}
+
+
+PHASES = []
+_T0 = [time.time()]
+
+
+def _phase(name):
+    """Wall time of each part of the run (printed, and kept in the JSON)."""
+    now = time.time()
+    PHASES.append({'phase': name, 's': round(now - _T0[0], 1)})
+    _T0[0] = now
+    print('[%5.1f s] %s' % (PHASES[-1]['s'], name), flush=True)
+
+
+def teardown(tmp):
+    """lab_down.yml for each lab the run set up (side by side); purge whatever is left. Never
+    raises: returns what went wrong (a failed lab_down is a failure even when purge cleans up)."""
+    problems = []
+
+    def down(inv):
+        try:
+            playbook('lab_down.yml', inv)
+        except Exception as e:  # noqa: BLE001 - every lab must still be torn down
+            problems.append(str(e))
+    invs = [os.path.join(tmp, p) for p in PREFIXES if os.path.isdir(os.path.join(tmp, p))]
+    in_parallel(*[lambda i=i: down(i) for i in invs])
+    for prefix in PREFIXES:
+        if _common.leftovers(prefix):
+            problems.append('lab %s left behind: %s' % (prefix, ' '.join(_common.leftovers(prefix))))
+            try:
+                _common.purge(prefix)
+            except Exception as e:  # noqa: BLE001
+                problems.append('purge %s: %s' % (prefix, e))
+    shutil.rmtree(tmp, ignore_errors=True)
+    _phase('teardown')
+    return problems
+
+
+def measure(args, tmp):
+    invs = setup(tmp)
+    _phase('labs pbn, pbv, pbc up and converged')
+    tput = throughput(args)
+    _phase('throughput and RTT, %d rounds' % args.rounds)
+    switches = SWITCHES[:1] if args.quick else SWITCHES
+    if args.quick:
+        # a quick run's figures mean nothing: overlap the two to save a site.yml run's time
+        gap, bgp = in_parallel(lambda: switch_gap(invs['pbv'], switches), lambda: bgp_convergence(args, invs['pbc']))
+        _phase('switch gap and BGP convergence (overlapped)')
+    else:
+        gap = switch_gap(invs['pbv'], switches)
+        _phase('switch gaps')
+        bgp = bgp_convergence(args, invs['pbc'])
+        _phase('BGP convergence, %d rounds' % args.bgp_rounds)
+    return tput, gap, bgp
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
-    ap.add_argument('--rounds', type=int, default=5)
-    ap.add_argument('--seconds', type=int, default=3)
+    ap.add_argument('--rounds', type=int, default=9)
+    ap.add_argument('--seconds', type=int, default=4, help='iperf3 seconds per run')
     ap.add_argument('--bgp-rounds', type=int, default=3)
-    ap.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'datapath.json'))
+    ap.add_argument('--pings', type=int, default=50, help='echoes per RTT figure')
+    ap.add_argument('--quick', action='store_true',
+                    help='%(rounds)d round, %(seconds)d s iperf3, %(bgp_rounds)d BGP round, %(pings)d pings; '
+                         'results in build/bench/ (CI smoke run)' % QUICK)
+    ap.add_argument('--out', help='default: bench/results/datapath.json (--quick: build/bench/datapath.quick.json)')
     args = ap.parse_args()
-    if args.rounds < 5:
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    elif args.rounds < 5:
         ap.error('--rounds: at least 5 (single pairs vary by +-6-8%)')
+    out_path = args.out or _common.results_path('datapath', args.quick)
+    t_start = time.time()
+    try:
+        _common.need_tools(*TOOLS)
+        prov = _common.provenance()
+        for prefix in PREFIXES:
+            if _common.leftovers(prefix):
+                print('removing leftovers of lab %s: %s' % (prefix, ' '.join(_common.leftovers(prefix))), flush=True)
+                _common.purge(prefix)
+    except BenchError as e:
+        raise SystemExit('datapath bench: %s' % e)
+    _phase('preflight')
     tmp = tempfile.mkdtemp(prefix='podnet-bench-')
     try:
-        tput, invs = throughput(args, tmp)
-        gap = switch_gap(invs)
-        bgp = bgp_convergence(args, tmp)[0]
-    finally:
-        for prefix in ('pbn', 'pbv', 'pbc'):
-            inv = os.path.join(tmp, prefix)
-            if os.path.isdir(inv):
-                playbook('lab_down.yml', inv)
-        shutil.rmtree(tmp, ignore_errors=True)
-    doc = {'benchmark': 'datapath', 'machine': {'cpus': os.cpu_count(), 'kernel': platform.release()},
+        tput, gap, bgp = measure(args, tmp)
+    except BaseException as e:  # KeyboardInterrupt too: the labs must go
+        problems = teardown(tmp)
+        for p in problems:
+            sys.stderr.write('teardown: %s\n' % p)
+        if isinstance(e, BenchError):
+            raise SystemExit('datapath bench: %s' % e)
+        raise
+    problems = teardown(tmp)
+    if problems:
+        raise SystemExit('datapath bench: teardown: %s' % '; '.join(problems))
+
+    doc = {'benchmark': 'datapath', 'quick': args.quick,
+           'settings': {'rounds': args.rounds, 'seconds': args.seconds, 'bgp_rounds': args.bgp_rounds,
+                        'pings': args.pings},
            'method': 'iperf3 single TCP stream, client CPU 0, server CPU 1; configurations interleaved '
-                     'node, native, vxlan per round; ratios = median of per-round paired ratios',
+                     'node, native, vxlan per round; figures are medians over the rounds; ratios = median '
+                     'of per-round paired ratios',
            'throughput': tput, 'switch': gap, 'bgp_convergence': bgp, 'targets': TARGETS,
+           'phases': PHASES, 'wall_s': round(time.time() - t_start, 1),
            'ok': {'vxlan/native': tput['vxlan/native']['median'] >= TARGETS['vxlan/native'],
                   'native/node': tput['native/node']['median'] >= TARGETS['native/node'],
                   'bgp_convergence': max(bgp['tor_s']['median'], bgp['peer_s']['median']) < TARGETS['bgp_convergence_s']}}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
+    doc.update(prov)
+    doc['machine']['loadavg_at_end'] = [round(x, 2) for x in os.getloadavg()]
     print()
     print('%-22s %10s %18s %10s' % ('path', 'Gbit/s', 'min-max', 'RTT ms'))
     for name, label in (('node', 'node to node'), ('native', 'pod to pod native'), ('vxlan', 'pod to pod VXLAN')):
@@ -359,8 +452,12 @@ def main():
         'ok' if doc['ok']['bgp_convergence'] else 'MISSED'))
     for name, g in gap.items():
         print('switch %s: longest gap %s s, %d pings lost' % (name, g['gap_s'], g['lost']))
-    print('wrote %s' % os.path.relpath(args.out, ROOT))
+    print('%s run: %.1f s (nproc %d, commit %s%s)' % ('quick' if args.quick else 'full', doc['wall_s'],
+                                                    doc['machine']['nproc'], (doc['git']['commit'] or '?')[:10],
+                                                    ', dirty' if doc['git']['dirty'] else ''))
+    _common.write_json(out_path, doc)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
