@@ -5,15 +5,23 @@ Packets are captured on the lab's underlay bridge: pod traffic to the ToR (outsi
 native-routing CIDR 10.244.0.0/16) leaves with node1's IP, pod traffic to 10.244.2.1 on node2
 (inside the CIDR) keeps the pod IP. The nftables state is read back with `nft -j`; a foreign table
 in the same family and hook must stay byte-identical throughout. Traffic stays inside the lab.
+
+Every test stands alone. The module fixture purges what a killed run left of `pms`, builds the lab,
+the pod and the foreign tables, records the ruleset before podnet touched it, and tears everything
+down whatever happens. Each test then starts from the state it names: `no_table` (our table absent,
+the ruleset as recorded) or `with_table` (our table exactly as the module's default inputs want it),
+re-established only when the previous test did not leave it so.
 """
 import json
 import os
 import subprocess
+import threading
 import time
 
+import labutil
 import pytest
 
-from labutil import LAB_ROOT, REPO, mountpoints, netns_names, nsenter, playbook, write_lab_inventory
+from labutil import REPO, nsenter, playbook, run_ok, write_lab_inventory
 
 from ansible_collections.podnet.fabric.plugins.module_utils import masquerade as m
 
@@ -76,46 +84,70 @@ class Capture(object):
     """tcpdump on the lab's underlay bridge (in the lab's own namespace), ICMP echo requests only."""
 
     def __init__(self):
+        # --immediate-mode: each packet reaches us when it is seen, not when a buffer block fills.
         self.proc = subprocess.Popen(
-            ['nsenter', '--net=/run/netns/%s-ul' % PREFIX, '--', 'tcpdump', '-n', '-l', '-U', '-i', 'br0',
-             'icmp[icmptype] == icmp-echo'],
+            ['nsenter', '--net=/run/netns/%s-ul' % PREFIX, '--', 'tcpdump', '-n', '-l', '-U', '--immediate-mode',
+             '-i', 'br0', 'icmp[icmptype] == icmp-echo'],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         deadline = time.time() + 10
         while time.time() < deadline:
             line = self.proc.stderr.readline()
             if 'listening on' in line or not line:
                 break
+        self.lines = []
+        self.reader = threading.Thread(target=self._read)
+        self.reader.start()
 
-    def stop(self):
-        time.sleep(0.5)
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def stop(self, until, timeout=3.0):
+        """The capture's output, once until(output) holds (all the expected packets are in) or
+        after timeout: then the test's assertion sees whatever did arrive."""
+        deadline = time.time() + timeout
+        while not until(''.join(self.lines)) and time.time() < deadline:
+            time.sleep(0.02)
         self.proc.terminate()   # our own tcpdump, by its Popen handle
-        out, _err = self.proc.communicate(timeout=10)
-        return out
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        self.proc.stderr.close()
+        return ''.join(self.lines)
 
 
-def sources_seen(dst, count=3):
-    """Ping dst from the pod while capturing; the source addresses of the requests on the wire."""
-    cap = Capture()
-    pod('ping', '-c', str(count), '-i', '0.2', '-W', '1', dst, check=False)
-    out = cap.stop()
-    seen = set()
+def requests_to(out, dst):
+    """The source addresses of the echo requests to dst in tcpdump's output, one per request."""
+    sources = []
     for line in out.splitlines():
         # "12:00:00.000000 IP 192.168.50.11 > 192.168.50.1: ICMP echo request, id 1, seq 1, length 64"
         parts = line.split()
         if 'IP' in parts and '>' in parts:
             i = parts.index('IP')
             if parts[i + 3].rstrip(':') == dst:
-                seen.add(parts[i + 1])
-    return seen
+                sources.append(parts[i + 1])
+    return sources
+
+
+def sources_seen(dst, count=3):
+    """Ping dst from the pod while capturing; the source addresses of the requests on the wire.
+
+    Each of the `count` requests crosses the bridge once, so the capture stops when it has them all.
+    """
+    cap = Capture()
+    pod('ping', '-c', str(count), '-i', '0.2', '-W', '1', dst, check=False)
+    out = cap.stop(until=lambda text: len(requests_to(text, dst)) >= count)
+    return set(requests_to(out, dst))
 
 
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
+    """The lab's inventory path; the lab has the pod and the foreign tables, the baseline is recorded."""
     inv = write_lab_inventory(str(tmp_path_factory.mktemp('inv')), PREFIX, nodes=2)
+    # A killed earlier run's lab (with the pod netns inside node1, which dies with node1's).
+    labutil.purge(PREFIX)
     host_links = set(os.listdir('/sys/class/net'))
-    rc, out = playbook('lab_up.yml', inv)
-    assert rc == 0, out
     try:
+        run_ok('lab_up.yml', inv)
         # The pod: a netns inside node1, veth to node1, 10.244.1.1 as its gateway on the host side.
         n1('sysctl', '-qw', 'net.ipv4.ip_forward=1')
         n1('ip', 'netns', 'add', POD_NS)
@@ -140,23 +172,50 @@ def lab(tmp_path_factory):
                   'add chain ip pmsnat pmspost { type nat hook postrouting priority 50; policy accept; }; '
                   'add chain ip pmsnat pmsaux; '
                   'add rule ip pmsnat pmspost ip daddr 198.51.100.0/24 masquerade')
+        # The node's ruleset before podnet touched it.
+        _BASELINE.update(ruleset=ruleset(), foreign=foreign_tables())
         yield inv
     finally:
-        n1('ip', 'netns', 'del', POD_NS, check=False)       # takes the veth pair with it
-        n1('nft', 'delete table inet pmsforeign; delete table ip pmsnat', check=False)
-        n1('nft', 'delete table ip podnet', check=False)
-        n2('ip', 'addr', 'del', REMOTE_POD_IP + '/32', 'dev', 'lo', check=False)
-        rc, out = playbook('lab_down.yml', inv)
-        assert rc == 0, out
-        assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
-        assert not [p for p in mountpoints() if p.startswith(os.path.join(LAB_ROOT, PREFIX))]
+        _BASELINE.clear()
+        try:
+            n1('ip', 'netns', 'del', POD_NS, check=False)       # takes the veth pair with it
+            n1('nft', 'delete table inet pmsforeign; delete table ip pmsnat', check=False)
+            n1('nft', 'delete table ip podnet', check=False)
+            n2('ip', 'addr', 'del', REMOTE_POD_IP + '/32', 'dev', 'lo', check=False)
+        finally:
+            run_ok('lab_down.yml', inv)
+        labutil.assert_lab_gone(PREFIX)
         assert set(os.listdir('/sys/class/net')) == host_links
+
+
+_BASELINE = {}
 
 
 @pytest.fixture(scope='module')
 def baseline(lab):
-    """The node's ruleset before podnet touched it."""
-    return {'ruleset': ruleset(), 'foreign': foreign_tables()}
+    """The node's ruleset and foreign tables before podnet touched it (recorded by the lab fixture)."""
+    return _BASELINE
+
+
+@pytest.fixture
+def no_table(lab, baseline):
+    """Our table absent and the node's ruleset exactly as before podnet ran."""
+    if our_table() is not None:
+        n1('nft', 'delete', 'table', 'ip', 'podnet')
+    assert ruleset() == baseline['ruleset']
+    return lab
+
+
+@pytest.fixture
+def with_table(lab, baseline, tmp_path):
+    """Our table exactly as the module makes it from ARGS (the module's own run when it is not)."""
+    table = our_table()
+    if table is None or m.normalize(table, 'ip', 'podnet') != desired():
+        rc, out, result = masq(lab, tmp_path, ARGS)
+        assert rc == 0 and result is not None, out[-6000:]
+    assert m.normalize(our_table(), 'ip', 'podnet') == desired()
+    assert foreign_tables() == baseline['foreign']
+    return lab
 
 
 _COUNTER = [0]
@@ -172,7 +231,7 @@ def masq(lab, tmp_path, args, check=False):
     return rc, text, result
 
 
-def test_pod_reaches_both_sides_unmasqueraded_before(lab, baseline):
+def test_pod_reaches_both_sides_unmasqueraded_before(lab, baseline, no_table):
     # Control: without the table the pod's own IP is on the wire towards the ToR too.
     assert sources_seen(TOR_IP) == {POD_IP}
     assert '2 received' in pod('ping', '-c', '2', '-i', '0.2', '-W', '1', REMOTE_POD_IP)
@@ -185,14 +244,14 @@ def test_pod_reaches_both_sides_unmasqueraded_before(lab, baseline):
     ({'snat_address': '192.168.50.12'}, 'snat_address: 192.168.50.12 is not an address of this node'),
     ({'exclude': ['10.244.0.1/16']}, "exclude: '10.244.0.1/16' has host bits set"),
 ])
-def test_bad_input_fails_before_any_change(lab, baseline, tmp_path, args, error):
+def test_bad_input_fails_before_any_change(lab, baseline, no_table, tmp_path, args, error):
     rc, out, result = masq(lab, tmp_path, dict(ARGS, **args))
     assert rc != 0 and result is None, out
     assert error in out, out
     assert ruleset() == baseline['ruleset']
 
 
-def test_check_mode_changes_nothing(lab, baseline, tmp_path):
+def test_check_mode_changes_nothing(lab, baseline, no_table, tmp_path):
     rc, out, result = masq(lab, tmp_path, ARGS, check=True)
     assert rc == 0, out
     assert result['changed'] and [a['action'] for a in result['plan']] == ['create_table']
@@ -203,7 +262,7 @@ def test_check_mode_changes_nothing(lab, baseline, tmp_path):
     assert our_table() is None
 
 
-def test_snat_outside_the_cidr_only(lab, baseline, tmp_path):
+def test_snat_outside_the_cidr_only(lab, baseline, no_table, tmp_path):
     rc, out, result = masq(lab, tmp_path, ARGS)
     assert rc == 0, out
     assert result['changed'] and [a['action'] for a in result['plan']] == ['create_table']
@@ -226,7 +285,7 @@ def test_snat_outside_the_cidr_only(lab, baseline, tmp_path):
     # node1's own traffic (not from a pod CIDR) is not rewritten either.
     cap = Capture()
     n1('ping', '-c', '1', '-W', '1', '192.168.50.12')
-    assert '192.168.50.11 > 192.168.50.12' in cap.stop()
+    assert requests_to(cap.stop(until=lambda text: requests_to(text, '192.168.50.12')), '192.168.50.12') == [NODE1_IP]
 
     rc, out, result = masq(lab, tmp_path, ARGS)
     assert rc == 0 and not result['changed'] and result['plan'] == [], out
@@ -234,7 +293,7 @@ def test_snat_outside_the_cidr_only(lab, baseline, tmp_path):
     assert foreign_tables() == baseline['foreign']
 
 
-def test_drift_is_detected_and_repaired(lab, baseline, tmp_path):
+def test_drift_is_detected_and_repaired(lab, baseline, with_table, tmp_path):
     handles = [o['rule']['handle'] for o in json.loads(n1('nft', '-a', '-j', 'list', 'chain', 'ip', 'podnet',
                                                           'postrouting'))['nftables'] if 'rule' in o]
     n1('nft', 'delete', 'rule', 'ip', 'podnet', 'postrouting', 'handle', str(handles[0]))
@@ -260,7 +319,7 @@ def test_drift_is_detected_and_repaired(lab, baseline, tmp_path):
     assert foreign_tables() == baseline['foreign']
 
 
-def test_changed_inputs_and_interfaces(lab, baseline, tmp_path):
+def test_changed_inputs_and_interfaces(lab, baseline, with_table, tmp_path):
     args = dict(ARGS, sources=['10.244.1.0/24', '10.244.3.7'], exclude_interfaces=['podnet_vxlan'])
     rc, out, result = masq(lab, tmp_path, args)
     assert rc == 0 and result['changed'], out
@@ -279,7 +338,7 @@ def test_changed_inputs_and_interfaces(lab, baseline, tmp_path):
     assert sources_seen(TOR_IP) == {NODE1_IP}
 
 
-def test_absent_removes_only_our_table(lab, baseline, tmp_path):
+def test_absent_removes_only_our_table(lab, baseline, with_table, tmp_path):
     rc, out, result = masq(lab, tmp_path, {'state': 'absent'}, check=True)
     assert rc == 0 and result['plan'] == [{'action': 'delete_table', 'family': 'ip', 'table': 'podnet'}], out
     assert our_table() is not None
