@@ -45,12 +45,12 @@ import struct
 import subprocess
 import time
 
-from ansible_collections.podnet.fabric.plugins.module_utils.netlink import RTPROT_PODNET
+from ansible_collections.podnet.fabric.plugins.module_utils import netlink
+from ansible_collections.podnet.fabric.plugins.module_utils.netlink import NTF_PROXY, RTPROT_PODNET
 
 SCOPE_LINK = 253
 CLONE_NEWNET = 0x40000000
 IFA_F_NODAD = 0x02
-NTF_PROXY = 0x08
 
 DEFAULT_NETNS = 'podnet-health'
 DEFAULT_DEVICE = 'lxc_health'
@@ -576,11 +576,8 @@ def read_responder(netns, pidfile):
 
 def _link_view(ipr, link):
     linkinfo = link.get_attr('IFLA_LINKINFO')
-    addrs = []
-    for a in ipr.get_addr(index=link['index']):
-        addr = a.get_attr('IFA_ADDRESS')
-        if addr and not addr.startswith('fe80:'):
-            addrs.append('%s/%d' % (addr, a['prefixlen']))
+    addrs = [netlink.address_text(a) for a in ipr.get_addr(index=link['index'])
+             if a.get_attr('IFA_ADDRESS') and not a.get_attr('IFA_ADDRESS').startswith('fe80:')]
     return {
         'name': link.get_attr('IFLA_IFNAME'),
         'index': link['index'],
@@ -597,23 +594,23 @@ def _get_link(ipr, name):
     return _link_view(ipr, ipr.get_links(idx[0])[0]) if idx else None
 
 
+def _route_view(r, dev_name):
+    dst = r.get_attr('RTA_DST')
+    if dst:
+        dst = '%s/%d' % (dst, r['dst_len'])
+    else:
+        dst = 'default' if r['family'] == socket.AF_INET else 'default6'
+    return {'dst': dst, 'gateway': r.get_attr('RTA_GATEWAY'), 'dev': dev_name}
+
+
 def _routes(ipr, dev_name):
     """Our (proto podnet) routes through `dev_name` in the main table, both families."""
     idx = ipr.link_lookup(ifname=dev_name)
     if not idx:
         return []
-    out = []
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        for r in ipr.get_routes(family=fam, table=254, proto=RTPROT_PODNET):
-            if r.get_attr('RTA_OIF') != idx[0]:
-                continue
-            dst = r.get_attr('RTA_DST')
-            if dst:
-                dst = '%s/%d' % (dst, r['dst_len'])
-            else:
-                dst = 'default' if fam == socket.AF_INET else 'default6'
-            out.append({'dst': dst, 'gateway': r.get_attr('RTA_GATEWAY'), 'dev': dev_name})
-    return sort_routes(out)
+    return sort_routes([_route_view(r, dev_name) for fam in (socket.AF_INET, socket.AF_INET6)
+                        for r in ipr.get_routes(family=fam, table=254, proto=RTPROT_PODNET)
+                        if r.get_attr('RTA_OIF') == idx[0]])
 
 
 def read_sysctl(key):
@@ -757,50 +754,48 @@ def start_responder(python, netns, port, node_name, pidfile, timeout=10.0):
     return proc.pid
 
 
-def apply(ipr_factory, python, netns, actions):
-    """Carry out plan() actions; endpoint-side ones run in the network namespace `netns`."""
-    for a in actions:
-        kind = a['action']
-        if kind == 'create_netns':
-            from pyroute2 import netns as pnetns
-            pnetns.create(a['name'])
-        elif kind == 'delete_netns':
-            from pyroute2 import netns as pnetns
-            pnetns.remove(a['name'])
-        elif kind == 'stop_responder':
-            stop_pids(a['pids'])
-            if a.get('pidfile'):
-                try:
-                    os.unlink(a['pidfile'])
-                except OSError as e:
-                    if e.errno != errno.ENOENT:
-                        raise
-        elif kind == 'start_responder':
-            stop_pids(a['stop'])
-            start_responder(python, a['netns'], a['port'], a['node_name'], a['pidfile'])
-        elif kind == 'create_veth':
-            with ipr_factory(None) as ipr:
-                ipr.link('add', ifname=a['name'], kind='veth', mtu=a['mtu'],
-                         peer={'ifname': a['peer'], 'mtu': a['mtu'], 'net_ns_fd': netns_path(a['netns'])})
-        elif kind == 'delete_link':
-            with ipr_factory(None) as ipr:
-                idx = ipr.link_lookup(ifname=a['name'])
-                if idx:
-                    ipr.link('del', index=idx[0])
-        elif kind == 'set_sysctl':
-            write_sysctl(a['key'], a['value'])
-        elif kind in ('add_proxy', 'del_proxy'):
-            with ipr_factory(None) as ipr:
-                idx = ipr.link_lookup(ifname=a['name'])[0]
-                ipr.neigh('add' if kind == 'add_proxy' else 'del', dst=a['address'], ifindex=idx,
-                          flags=NTF_PROXY, family=socket.AF_INET6)
-        elif kind == 'delete_peer':
-            with ipr_factory(a['netns']) as nipr:
-                idx = nipr.link_lookup(ifname=a['name'])
-                if idx:
-                    nipr.link('del', index=idx[0])
-        else:
-            _apply_in(ipr_factory, netns, a)
+def apply_action(ipr_factory, python, netns, a):
+    """Carry out one plan() action; endpoint-side ones run in the network namespace `netns`.
+
+    Deleting what is already gone is success; deletes go by what the kernel reports (netlink).
+    """
+    kind = a['action']
+    if kind == 'create_netns':
+        from pyroute2 import netns as pnetns
+        pnetns.create(a['name'])
+    elif kind == 'delete_netns':
+        from pyroute2 import netns as pnetns
+        pnetns.remove(a['name'])
+    elif kind == 'stop_responder':
+        stop_pids(a['pids'])
+        if a.get('pidfile'):
+            try:
+                os.unlink(a['pidfile'])
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+    elif kind == 'start_responder':
+        stop_pids(a['stop'])
+        start_responder(python, a['netns'], a['port'], a['node_name'], a['pidfile'])
+    elif kind == 'create_veth':
+        with ipr_factory(None) as ipr:
+            ipr.link('add', ifname=a['name'], kind='veth', mtu=a['mtu'],
+                     peer={'ifname': a['peer'], 'mtu': a['mtu'], 'net_ns_fd': netns_path(a['netns'])})
+    elif kind in ('delete_link', 'delete_peer'):
+        with ipr_factory(a['netns'] if kind == 'delete_peer' else None) as ipr:
+            netlink.delete_link(ipr, a['name'])
+    elif kind == 'set_sysctl':
+        write_sysctl(a['key'], a['value'])
+    elif kind in ('add_proxy', 'del_proxy'):
+        with ipr_factory(None) as ipr:
+            idx = ipr.link_lookup(ifname=a['name'])
+            if kind == 'add_proxy':
+                ipr.neigh('add', dst=a['address'], ifindex=idx[0], flags=NTF_PROXY, family=socket.AF_INET6)
+            elif idx:   # a proxy entry goes with its link
+                netlink.delete(ipr, 'neigh', {'family': socket.AF_INET6, 'ifindex': idx[0], 'flags': NTF_PROXY,
+                                              'NDA_DST': a['address']})
+    else:
+        _apply_in(ipr_factory, netns, a)
 
 
 def _apply_in(ipr_factory, netns, a):
@@ -815,22 +810,26 @@ def _apply_in(ipr_factory, netns, a):
                 ipr.link('set', index=idx, mtu=a['mtu'])
             else:
                 ipr.link('set', index=idx, state='up')
-        elif kind in ('add_address', 'del_address'):
+        elif kind == 'add_address':
             idx = ipr.link_lookup(ifname=PEER)[0]
             ip, plen = a['address'].split('/')
-            kw = {}
-            if ':' in ip and kind == 'add_address':
-                kw['flags'] = IFA_F_NODAD   # a /128 of our own: no duplicate detection delay
-            ipr.addr('add' if kind == 'add_address' else 'del', index=idx, address=ip, prefixlen=int(plen), **kw)
+            kw = {'flags': IFA_F_NODAD} if ':' in ip else {}   # a /128 of our own: no duplicate detection delay
+            ipr.addr('add', index=idx, address=ip, prefixlen=int(plen), **kw)
+        elif kind == 'del_address':
+            idx = ipr.link_lookup(ifname=PEER)
+            if idx:
+                netlink.delete_address(ipr, idx[0], a['address'])
         elif kind == 'add_route':
             ipr.route('replace', **route_spec(ipr, a))
         elif kind == 'del_route':
-            try:
-                ipr.route('del', **route_spec(ipr, a))
-            except Exception as e:  # pyroute2 NetlinkError
-                # ESRCH: already gone (the kernel flushes a device's IPv4 routes with its last address).
-                if getattr(e, 'code', None) != errno.ESRCH:
-                    raise
+            # The kernel flushes a device's IPv4 routes with its last address: gone is success.
+            idx = ipr.link_lookup(ifname=a['dev'])
+            target = dict((k, a[k]) for k in ('dst', 'gateway', 'dev'))
+            if idx:
+                netlink.delete_matching(
+                    ipr, 'route', lambda r: r.get_attr('RTA_OIF') == idx[0] and _route_view(r, a['dev']) == target,
+                    family=socket.AF_INET6 if ':' in a['dst'] or a['dst'] == 'default6' else socket.AF_INET,
+                    table=254, proto=RTPROT_PODNET)
         else:  # pragma: no cover - plan() only emits the kinds above
             raise HealthError('unknown health action %r' % kind)
 

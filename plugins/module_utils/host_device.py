@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.podnet.fabric.plugins.module_utils import netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import list_diff
 
 
@@ -67,21 +68,22 @@ def project(desired, realized, actions):
     return out
 
 
-def apply(ipr, actions):
-    for a in actions:
-        kind = a['action']
-        if kind == 'create':
-            ipr.link('add', ifname=a['name'], kind='veth', mtu=a['mtu'],
-                     peer={'ifname': a['peer'], 'mtu': a['mtu']})
-            continue
-        idx = ipr.link_lookup(ifname=a['name'])
-        if kind == 'delete':
-            if idx:
-                ipr.link('del', index=idx[0])
-        elif kind == 'set_mtu':
-            ipr.link('set', index=idx[0], mtu=a['mtu'])
-        elif kind == 'up':
-            ipr.link('set', index=idx[0], state='up')
-        elif kind in ('add_address', 'del_address'):
-            ip, plen = a['address'].split('/')
-            ipr.addr('add' if kind == 'add_address' else 'del', index=idx[0], address=ip, prefixlen=int(plen))
+def apply_action(ipr, a):
+    """Carry out one plan action; deleting what is already gone is success."""
+    kind = a['action']
+    if kind == 'create':
+        ipr.link('add', ifname=a['name'], kind='veth', mtu=a['mtu'], peer={'ifname': a['peer'], 'mtu': a['mtu']})
+        return
+    if kind == 'delete':
+        netlink.delete_link(ipr, a['name'])
+        return
+    idx = ipr.link_lookup(ifname=a['name'])[0]
+    if kind == 'set_mtu':
+        ipr.link('set', index=idx, mtu=a['mtu'])
+    elif kind == 'up':
+        ipr.link('set', index=idx, state='up')
+    elif kind == 'add_address':
+        ip, plen = a['address'].split('/')
+        ipr.addr('add', index=idx, address=ip, prefixlen=int(plen))
+    elif kind == 'del_address':
+        netlink.delete_address(ipr, idx, a['address'])

@@ -1,11 +1,14 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""pyroute2 helpers shared by the node modules: read links and addresses as plain dicts."""
+"""pyroute2 helpers shared by the node modules: read links and addresses as plain dicts, and delete
+kernel objects (routes, rules, addresses, neighbours, FDB entries, links) by exactly what the kernel
+reports for them."""
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import traceback
 
 try:
@@ -26,6 +29,9 @@ RTPROT_PODNET = 201
 IFF_UP = 1
 AF_INET = 2
 AF_INET6 = 10
+# The kernel's "any scope" for a route delete (iproute2 deletes with it). At the default scope,
+# universe, the kernel matches only global-scope routes: a link-scope route was never found (ESRCH).
+RT_SCOPE_NOWHERE = 255
 
 
 def require_pyroute2(module):
@@ -40,14 +46,17 @@ def require_pyroute2(module):
                              'ansible_python_interpreter to the podnet venv)' % pyroute2.__version__)
 
 
+def address_text(msg):
+    """An address message as link views show it: 'address/prefixlen'."""
+    return '%s/%d' % (msg.get_attr('IFA_ADDRESS'), msg['prefixlen'])
+
+
 def link_view(ipr, link):
     """One link as a plain dict."""
     idx = link['index']
     linkinfo = link.get_attr('IFLA_LINKINFO')
     kind = linkinfo.get_attr('IFLA_INFO_KIND') if linkinfo else None
-    addrs = []
-    for a in ipr.get_addr(index=idx):
-        addrs.append('%s/%d' % (a.get_attr('IFA_ADDRESS'), a['prefixlen']))
+    addrs = [address_text(a) for a in ipr.get_addr(index=idx)]
     return {
         'name': link.get_attr('IFLA_IFNAME'),
         'index': idx,
@@ -138,3 +147,139 @@ def link_kind_supported(kind):
     if code == 2:
         raise OSError('unshare(CLONE_NEWNET) failed: cannot probe link kinds without root')
     return code == 0
+
+
+# --- deleting: by the identity the kernel reported ------------------------------------------------
+
+# What each kind's delete handler in the kernel matches an object by: ((header fields), (attributes)).
+# Taken verbatim from a dump of the object, so a delete finds exactly it whatever its shape (scope,
+# type, table, metric, gateway, onlink, family, proxy flag, FDB remote...).
+IDENTITY = {
+    'route': (('family', 'dst_len', 'src_len', 'tos', 'table', 'proto', 'type'),
+              ('RTA_TABLE', 'RTA_DST', 'RTA_SRC', 'RTA_PRIORITY', 'RTA_OIF', 'RTA_GATEWAY')),
+    'rule': (('family', 'dst_len', 'src_len', 'tos', 'table', 'action'),
+             ('FRA_TABLE', 'FRA_PRIORITY', 'FRA_DST', 'FRA_SRC', 'FRA_IIFNAME', 'FRA_OIFNAME', 'FRA_GOTO',
+              'FRA_FWMARK', 'FRA_FWMASK', 'FRA_FLOW', 'FRA_SUPPRESS_PREFIXLEN', 'FRA_SUPPRESS_IFGROUP',
+              'FRA_L3MDEV', 'FRA_PROTOCOL', 'FRA_IP_PROTO')),
+    'addr': (('family', 'prefixlen', 'index'), ('IFA_LOCAL', 'IFA_ADDRESS', 'IFA_LABEL')),
+    'neigh': (('family', 'ifindex', 'flags'), ('NDA_DST',)),
+    'fdb': (('family', 'ifindex', 'flags'), ('NDA_LLADDR', 'NDA_DST', 'NDA_VLAN', 'NDA_PORT', 'NDA_VNI',
+                                             'NDA_SRC_VNI')),
+    'link': (('index',), ()),
+}
+# A delete of what is not there (any more) is success: routes ESRCH, addresses EADDRNOTAVAIL,
+# neighbours, FDB entries and rules ENOENT, an object whose device went away ENODEV.
+GONE_ERRNOS = (errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ENODEV)
+# Neighbour flags that are part of an entry's identity (the rest describe its state).
+NTF_SELF = 0x02
+NTF_MASTER = 0x04
+NTF_PROXY = 0x08
+_NEIGH_KEY_FLAGS = NTF_SELF | NTF_MASTER | NTF_PROXY
+
+
+def identity(kind, msg):
+    """Pure: the identity of a dumped kernel object as a plain dict {field or attribute: value}.
+
+    msg: a pyroute2 message (or anything with msg[field] and msg.get_attr(name)). Absent attributes
+    are left out: the kernel reads an absent key attribute as "any".
+    """
+    fields, attrs = IDENTITY[kind]
+    out = dict((f, msg[f]) for f in fields)
+    for name in attrs:
+        value = msg.get_attr(name)
+        if value is not None:
+            out[name] = value
+    if kind in ('neigh', 'fdb'):
+        out['flags'] &= _NEIGH_KEY_FLAGS
+    if kind == 'fdb' and not out['flags'] & NTF_SELF and msg.get_attr('NDA_MASTER'):
+        # A bridge reports its entries with neither flag; a delete without NTF_MASTER would go to
+        # the port's own (self) table and miss them.
+        out['flags'] |= NTF_MASTER
+    return out
+
+
+def delete_request(kind, ident):
+    """Pure: the keyword arguments of ``ipr.<kind>('del', ...)`` that delete exactly `ident`."""
+    fields, attrs = IDENTITY[kind]
+    kw = dict((f, ident[f]) for f in fields if f in ident)
+    for name in attrs:
+        if name in ident:
+            kw[name.split('_', 1)[1].lower()] = ident[name]
+    if kind == 'route':
+        kw['scope'] = RT_SCOPE_NOWHERE
+    if kind in ('route', 'rule') and 'table' in kw:
+        # Tables above 255 live in the attribute only; the header says 252 (RT_TABLE_COMPAT).
+        kw['table'] = ident.get('RTA_TABLE' if kind == 'route' else 'FRA_TABLE') or ident['table']
+    return kw
+
+
+def is_gone(error):
+    """Whether a NetlinkError/OSError from a delete means the object is not there (any more)."""
+    code = getattr(error, 'code', None)
+    if code is None:
+        code = getattr(error, 'errno', None)
+    return code in GONE_ERRNOS
+
+
+def needs_presence_check(kind, ident):
+    """Pure: whether the kernel would read part of `ident` as a wildcard that a sibling can match.
+
+    An IPv4 route of metric 0 carries no RTA_PRIORITY, and the kernel reads priority 0 in a delete
+    as "any": once the route is gone, a delete would take its sibling of another metric. A rule's
+    absent selectors are wildcards too (``priority 10 lookup 100`` matches ``priority 10 from X
+    lookup 100``). And a VXLAN device answers the delete of a remote its MAC entry does not have
+    with success, so an FDB delete cannot tell "deleted" from "was not there". For these, delete()
+    first checks that the object is still there.
+    """
+    return kind in ('rule', 'fdb') or (kind == 'route' and ident.get('family') == AF_INET
+                                       and 'RTA_PRIORITY' not in ident)
+
+
+def _present(ipr, kind, ident):
+    query = {'family': ident['family']}
+    if kind == 'route':
+        query['table'] = ident.get('RTA_TABLE') or ident['table']
+    elif kind == 'fdb':
+        query = {'ifindex': ident['ifindex']}
+    return any(identity(kind, m) == ident for m in _dump(ipr, kind, query))
+
+
+def delete(ipr, kind, ident):
+    """Delete one kernel object by its identity (see identity()).
+
+    True when this call deleted it; False when it was already gone, which is success.
+    """
+    if needs_presence_check(kind, ident) and not _present(ipr, kind, ident):
+        return False
+    try:
+        getattr(ipr, kind)('del', **delete_request(kind, ident))
+    except Exception as e:  # pyroute2's NetlinkError is not an OSError
+        if is_gone(e):
+            return False
+        raise
+    return True
+
+
+def _dump(ipr, kind, query):
+    return getattr(ipr, kind)('dump', **query)   # kinds are IPRoute's method names
+
+
+def delete_matching(ipr, kind, match, **query):
+    """Delete every object of `kind` that `match(msg)` selects, each by its exact identity.
+
+    query: what the dump is narrowed by (family=..., ifindex=... as pyroute2's dump takes them).
+    Returns the identities deleted; none (nothing matched any more) is success.
+    """
+    targets = [identity(kind, m) for m in _dump(ipr, kind, query) if match(m)]
+    return [t for t in targets if delete(ipr, kind, t)]
+
+
+def delete_link(ipr, name):
+    """Delete the link called `name`; a link that is not there is success (False)."""
+    idx = ipr.link_lookup(ifname=name)
+    return bool(idx) and delete(ipr, 'link', {'index': idx[0]})
+
+
+def delete_address(ipr, index, text):
+    """Delete the address(es) a link view shows as `text` ('ip/prefixlen') on link `index`."""
+    return delete_matching(ipr, 'addr', lambda m: address_text(m) == text, index=index)

@@ -35,6 +35,7 @@ __metaclass__ = type
 
 import ipaddress
 
+from ansible_collections.podnet.fabric.plugins.module_utils import netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import IFF_UP, RTPROT_PODNET
 
 VXLAN_DEVICE = 'podnet_vxlan'
@@ -288,6 +289,30 @@ def _device_view(link):
     return view
 
 
+def _route_view(r, names):
+    family = r['family']
+    dst = r.get_attr('RTA_DST')
+    return {'dst': '%s/%d' % (dst, r['dst_len']) if dst else ('default' if family == 2 else '::/0'),
+            'gateway': r.get_attr('RTA_GATEWAY'), 'dev': names.get(r.get_attr('RTA_OIF')),
+            'onlink': bool(r['flags'] & RTNH_F_ONLINK)}
+
+
+def _neigh_view(n, name):
+    if not n['state'] & NUD_PERMANENT:
+        return None
+    return {'dev': name, 'dst': n.get_attr('NDA_DST'), 'mac': n.get_attr('NDA_LLADDR')}
+
+
+def _fdb_view(f, idx, name):
+    if f['ifindex'] != idx or not f.get_attr('NDA_DST'):
+        return None
+    return {'dev': name, 'mac': f.get_attr('NDA_LLADDR'), 'dst': f.get_attr('NDA_DST')}
+
+
+def _names(ipr):
+    return dict((link['index'], link.get_attr('IFLA_IFNAME')) for link in ipr.get_links())
+
+
 def read(ipr, routes_table=254):
     """The realized state (only our objects), in the plan's shape."""
     all_links = ipr.get_links()
@@ -303,11 +328,7 @@ def read(ipr, routes_table=254):
     routes = []
     for family in (2, 10):
         for r in ipr.get_routes(family=family, table=routes_table, proto=RTPROT_PODNET):
-            oif = r.get_attr('RTA_OIF')
-            dst = r.get_attr('RTA_DST')
-            route = {'dst': '%s/%d' % (dst, r['dst_len']) if dst else ('default' if family == 2 else '::/0'),
-                     'gateway': r.get_attr('RTA_GATEWAY'), 'dev': names.get(oif),
-                     'onlink': bool(r['flags'] & RTNH_F_ONLINK)}
+            route = _route_view(r, names)
             if owned_route(route):
                 routes.append(route)
     neighbours, fdb = [], []
@@ -315,55 +336,69 @@ def read(ipr, routes_table=254):
         if name not in devices:
             continue
         for family in (2, 10):
-            for n in ipr.get_neighbours(family=family, ifindex=idx):
-                if n['state'] & NUD_PERMANENT:
-                    neighbours.append({'dev': name, 'dst': n.get_attr('NDA_DST'), 'mac': n.get_attr('NDA_LLADDR')})
+            neighbours += [v for v in (_neigh_view(n, name) for n in ipr.get_neighbours(family=family, ifindex=idx)) if v]
         if devices[name]['kind'] == 'vxlan':
-            for f in ipr.fdb('dump', ifindex=idx):
-                if f['ifindex'] == idx and f.get_attr('NDA_DST'):
-                    fdb.append({'dev': name, 'mac': f.get_attr('NDA_LLADDR'), 'dst': f.get_attr('NDA_DST')})
+            fdb += [v for v in (_fdb_view(f, idx, name) for f in ipr.fdb('dump', ifindex=idx)) if v]
     return {'devices': devices, 'routes': _sorted(routes), 'neighbours': _sorted(neighbours), 'fdb': _sorted(fdb)}
 
 
-def apply(ipr, actions):
-    """Run a plan's actions in order (deletes before adds is the plan's order)."""
+def _target(action):
+    return dict((k, v) for k, v in action.items() if k != 'action')
+
+
+def apply_action(ipr, a):
+    """Carry out one plan action (the plan orders deletes before adds).
+
+    Deletes remove the kernel objects read() would show as this action's object, each by exactly
+    what the kernel reports for it (netlink.delete_matching): whatever their scope, type or metric.
+    One that is already gone is success.
+    """
     def index(name):
         found = ipr.link_lookup(ifname=name)
         return found[0] if found else None
 
-    for a in actions:
-        kind = a['action']
-        if kind == 'delete_device':
-            idx = index(a['name'])
-            if idx is not None:
-                ipr.link('del', index=idx)
-        elif kind == 'create_device':
-            spec = {'ifname': a['name'], 'kind': a['kind'], 'mtu': a['mtu'], 'address': a['mac']}
-            if a['kind'] == 'vxlan':
-                spec.update(vxlan_id=a['id'], vxlan_port=a['port'], vxlan_local=a['local'],
-                            vxlan_link=index(a['link']), vxlan_learning=0)
-            else:
-                spec.update(geneve_id=a['id'], geneve_port=a['port'], geneve_remote=a['remote'])
-            ipr.link('add', **spec)
-            ipr.link('set', index=index(a['name']), state='up')
-        elif kind == 'set_device':
-            change = dict((k, v) for k, v in a.items() if k in ('mtu', 'mac'))
-            if 'mac' in change:
-                change['address'] = change.pop('mac')
-            if a.get('up'):
-                change['state'] = 'up'
-            ipr.link('set', index=index(a['name']), **change)
-        elif kind in ('fdb_add', 'fdb_del'):
-            ipr.fdb('append' if kind == 'fdb_add' else 'del', ifindex=index(a['dev']), lladdr=a['mac'],
-                    dst=a['dst'], state=NUD_PERMANENT)
-        elif kind in ('neigh_add', 'neigh_del'):
-            ipr.neigh('replace' if kind == 'neigh_add' else 'del', dst=a['dst'], lladdr=a['mac'],
-                      ifindex=index(a['dev']), state=NUD_PERMANENT)
-        elif kind in ('route_add', 'route_del'):
-            spec = {'dst': a['dst'], 'gateway': a['gateway'], 'oif': index(a['dev']), 'proto': RTPROT_PODNET}
-            if a.get('onlink'):
-                spec['flags'] = RTNH_F_ONLINK
-            if kind == 'route_add':
-                ipr.route('replace', **spec)
-            else:
-                ipr.route('del', **spec)
+    kind = a['action']
+    if kind == 'delete_device':
+        netlink.delete_link(ipr, a['name'])
+    elif kind == 'create_device':
+        spec = {'ifname': a['name'], 'kind': a['kind'], 'mtu': a['mtu'], 'address': a['mac']}
+        if a['kind'] == 'vxlan':
+            spec.update(vxlan_id=a['id'], vxlan_port=a['port'], vxlan_local=a['local'],
+                        vxlan_link=index(a['link']), vxlan_learning=0)
+        else:
+            spec.update(geneve_id=a['id'], geneve_port=a['port'], geneve_remote=a['remote'])
+        ipr.link('add', **spec)
+        ipr.link('set', index=index(a['name']), state='up')
+    elif kind == 'set_device':
+        change = dict((k, v) for k, v in a.items() if k in ('mtu', 'mac'))
+        if 'mac' in change:
+            change['address'] = change.pop('mac')
+        if a.get('up'):
+            change['state'] = 'up'
+        ipr.link('set', index=index(a['name']), **change)
+    elif kind == 'fdb_add':
+        ipr.fdb('append', ifindex=index(a['dev']), lladdr=a['mac'], dst=a['dst'], state=NUD_PERMANENT)
+    elif kind == 'neigh_add':
+        ipr.neigh('replace', dst=a['dst'], lladdr=a['mac'], ifindex=index(a['dev']), state=NUD_PERMANENT)
+    elif kind == 'route_add':
+        spec = {'dst': a['dst'], 'gateway': a['gateway'], 'oif': index(a['dev']), 'proto': RTPROT_PODNET}
+        if a.get('onlink'):
+            spec['flags'] = RTNH_F_ONLINK
+        ipr.route('replace', **spec)
+    elif kind in ('fdb_del', 'neigh_del'):
+        idx = index(a['dev'])
+        if idx is None:
+            return   # its device is gone, and the entry with it
+        if kind == 'fdb_del':
+            netlink.delete_matching(ipr, 'fdb', lambda f: _fdb_view(f, idx, a['dev']) == _target(a), ifindex=idx)
+        else:
+            family = netlink.AF_INET6 if ':' in a['dst'] else netlink.AF_INET
+            netlink.delete_matching(ipr, 'neigh', lambda n: _neigh_view(n, a['dev']) == _target(a),
+                                    family=family, ifindex=idx)
+    elif kind == 'route_del':
+        names = _names(ipr)
+        family = netlink.AF_INET6 if ':' in a['dst'] else netlink.AF_INET
+        netlink.delete_matching(ipr, 'route', lambda r: _route_view(r, names) == _target(a),
+                                family=family, table=254, proto=RTPROT_PODNET)
+    else:  # pragma: no cover - plan() only emits the kinds above
+        raise RoutingError('unknown routing action %r' % kind)

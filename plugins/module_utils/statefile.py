@@ -9,6 +9,8 @@
   fsync of the directory. A crash leaves the old or the new file, never a torn one.
 - ``locked(path)``: an exclusive ``flock`` on ``<path>.lock`` around a read-modify-write, so two
   tasks (or two runs) changing the same store on one node cannot lose each other's update.
+  ``lock_file(path, holder=...)`` is the same wait on a given lock file, recording who holds it
+  (the node lock of the reconcile loop).
 
 Stdlib only: shipped to nodes with the modules.
 """
@@ -104,12 +106,31 @@ def remove(path):
 
 
 @contextlib.contextmanager
-def locked(path, timeout=120.0):
+def locked(path, timeout=120.0, holder=None):
     """Hold an exclusive flock on ``<path>.lock`` (created with its directory) for the block."""
-    lock_path = path + '.lock'
+    with lock_file(path + '.lock', timeout=timeout, holder=holder):
+        yield
+
+
+def _holder_of(fd):
+    try:
+        text = os.pread(fd, 4096, 0).decode('utf-8', 'replace').strip()
+    except OSError:
+        return ''
+    return text.splitlines()[0] if text else ''
+
+
+@contextlib.contextmanager
+def lock_file(lock_path, timeout=120.0, holder=None):
+    """Hold an exclusive flock on the file `lock_path` (created with its directory) for the block.
+
+    holder: one line saying who holds it, written into the file while it is held and emptied
+    before it is released; a waiter that times out names it in its StateFileError. The fd is not
+    inherited by children (daemons started under the lock must not keep it).
+    """
     try:
         os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o755, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o644)
     except OSError as e:
         raise StateFileError('%s: cannot open the lock file: %s' % (lock_path, e))
     try:
@@ -122,8 +143,17 @@ def locked(path, timeout=120.0):
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise StateFileError('%s: cannot lock: %s' % (lock_path, e))
             if time.monotonic() >= deadline:
-                raise StateFileError('%s: timed out after %.0f s waiting for the lock' % (lock_path, timeout))
+                other = _holder_of(fd) if holder is not None else ''
+                raise StateFileError('%s: timed out after %g s waiting for the lock%s'
+                                     % (lock_path, timeout, ', held by ' + other if other else ''))
             time.sleep(0.01)
-        yield
+        if holder is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (holder.replace('\n', ' ') + '\n').encode('utf-8'), 0)
+        try:
+            yield
+        finally:
+            if holder is not None:
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the flock

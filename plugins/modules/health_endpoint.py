@@ -32,6 +32,8 @@ description:
   - M(podnet.fabric.connectivity) probes these endpoints from one another.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   netns:
     description: Name of the endpoint's network namespace (a file under C(/run/netns)).
@@ -166,7 +168,7 @@ import sys
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import health, netlink
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def _ipr(ns):
@@ -178,7 +180,7 @@ def _ipr(ns):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             netns=dict(type='str', default=health.DEFAULT_NETNS),
             device=dict(type='str', default=health.DEFAULT_DEVICE),
             addresses=dict(type='list', elements='str'),
@@ -218,17 +220,13 @@ def main():
     def read():
         return health.read(_ipr, p['netns'], p['device'], desired['pidfile'])
 
-    try:
-        result = Reconciler(
-            module, read,
-            plan=lambda realized: health.plan(desired, realized),
-            apply=lambda actions: health.apply(_ipr, sys.executable, p['netns'], actions),
-            project=lambda realized, actions: health.project(desired, realized, actions),
-        ).run()
-    except (health.HealthError, OSError) as e:
-        module.fail_json(msg='health endpoint %s: %s' % (p['netns'], e))
-    except Exception as e:  # pyroute2's NetlinkError and friends: say which endpoint, keep the cause
-        module.fail_json(msg='health endpoint %s: %s: %s' % (p['netns'], type(e).__name__, e))
+    result = Reconciler(
+        module, read,
+        plan=lambda realized: health.plan(desired, realized),
+        apply=lambda action: health.apply_action(_ipr, sys.executable, p['netns'], action),
+        project=lambda realized, actions: health.project(desired, realized, actions),
+        name='health endpoint %s' % p['netns'],
+    ).run()
 
     after = result['state']
     if result['changed'] and not module.check_mode:

@@ -19,6 +19,8 @@ description:
   - A veth pair rather than a dummy device because not every kernel has the dummy driver.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   name:
     description: Name of the host side of the pair.
@@ -103,7 +105,7 @@ import ipaddress
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import host_device, netlink
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def _canonical(module, addresses):
@@ -119,7 +121,7 @@ def _canonical(module, addresses):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             name=dict(type='str', default='podnet_host'),
             peer=dict(type='str', default='podnet_net'),
             mtu=dict(type='int', default=0),
@@ -152,8 +154,9 @@ def main():
         result = Reconciler(
             module, read,
             plan=lambda realized: host_device.plan(desired, realized),
-            apply=lambda actions: host_device.apply(ipr, actions),
+            apply=lambda action: host_device.apply_action(ipr, action),
             project=lambda realized, actions: host_device.project(desired, realized, actions),
+            name='host_device %s' % p['name'],
         ).run(mtu=mtu)
     module.exit_json(**result)
 

@@ -33,6 +33,8 @@ description:
     check mode.'
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   endpoint_id:
     description: The endpoint's unique name on the node, for example C(namespace/pod).
@@ -152,6 +154,7 @@ import ipaddress
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def _held(store, endpoint_id):
@@ -199,9 +202,18 @@ def _inside(ip, cidrs):
     return any(addr in ipaddress.ip_network(c) for c in cidrs)
 
 
+def _release_ip(store, endpoint_id, ip):
+    """Pure: the store without `ip`, when `endpoint_id` holds it (releasing what is gone is a no-op)."""
+    used = dict((store or {}).get('used') or {})
+    if (used.get(ip) or {}).get('owner') != endpoint_id:
+        return store
+    del used[ip]
+    return dict(store, used=used)
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             endpoint_id=dict(type='str', required=True),
             family=dict(type='str', choices=['ipv4', 'ipv6']),
             labels=dict(type='dict', default={}),
@@ -213,50 +225,66 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    endpoint = p['endpoint_id']
     labels = dict((str(k), str(v)) for k, v in (p['labels'] or {}).items())
-    if not p['endpoint_id'].strip():
+    if not endpoint.strip():
         module.fail_json(msg='endpoint_id: must not be empty')
     try:
         lease = statefile.read_json(p['lease_path'])
-        if p['state'] == 'present' and lease is None:
-            module.fail_json(msg='%s: no IPAM lease on this node; run the podnet.fabric.ipam role '
-                                 '(playbooks/site.yml) first' % p['lease_path'])
+    except statefile.StateFileError as e:
+        module.fail_json(msg='endpoint %s: %s' % (endpoint, e))
+    if p['state'] == 'present' and lease is None:
+        module.fail_json(msg='%s: no IPAM lease on this node; run the podnet.fabric.ipam role '
+                             '(playbooks/site.yml) first' % p['lease_path'])
+    planned = {'warnings': [], 'pool': None, 'new': None}
 
-        def reconcile():
-            store = statefile.read_json(p['store_path']) or ipam.empty_store()
-            if p['state'] == 'present':
-                new, pool, actions, warnings = plan_present(store, lease, p['endpoint_id'], p['family'], labels)
-            else:
-                new, pool, actions = plan_absent(store, p['endpoint_id'], p['family'])
-                warnings = []
-            if actions and not module.check_mode:
-                statefile.write_json(p['store_path'], new)
-            return store, new, pool, actions, warnings
+    def read():
+        return statefile.read_json(p['store_path']) or ipam.empty_store()
 
-        if module.check_mode:
-            store, new, pool, actions, warnings = reconcile()
+    def plan(store):
+        if p['state'] == 'present':
+            new, pool, actions, warnings = plan_present(store, lease, endpoint, p['family'], labels)
         else:
-            with statefile.locked(p['store_path']):
-                store, new, pool, actions, warnings = reconcile()
-    except (statefile.StateFileError, ipam.IpamError) as e:
-        module.fail_json(msg='endpoint %s: %s' % (p['endpoint_id'], e))
+            (new, pool, actions), warnings = plan_absent(store, endpoint, p['family']), []
+        planned.update(warnings=warnings, pool=pool, new=new)
+        return actions
 
-    for w in warnings:
+    def apply(action):
+        # One action, one atomic write: each step of the plan is redone on the store as it is
+        # (under the node lock it is the store the plan read, plus the steps before).
+        with statefile.locked(p['store_path']):
+            store = read()
+            if action['action'] == 'allocate':
+                blocks = ipam.endpoint_source(lease, labels)[1]
+                new, ip = ipam.plan_endpoint_ip(store, blocks.get(action['family']) or [], endpoint,
+                                                action['family'], pool=action['pool'])
+                if ip != action['ip']:
+                    raise ipam.IpamError('the store changed while %s was planned: %s is no longer the address '
+                                         'to allocate (%s is)' % (endpoint, action['ip'], ip))
+            else:
+                new = _release_ip(store, endpoint, action['ip'])
+            if new != store:
+                statefile.write_json(p['store_path'], new)
+
+    def view(store):
+        return {'endpoint': endpoint, 'ips': _held(store, endpoint)}
+
+    reconciler = Reconciler(module, read, plan, apply, project=lambda store, actions: planned['new'],
+                            view=view, name='endpoint %s' % endpoint)
+    result = reconciler.run()
+    for w in planned['warnings']:
         module.warn(w)
-    before = _held(store, p['endpoint_id'])
-    after = _held(new, p['endpoint_id'])
-    module.exit_json(
-        changed=bool(actions),
-        plan=actions,
-        pool=pool,
-        ips=dict((ipam.family_of(ip), ip) for ip in sorted(after)),
-        released=[a['ip'] for a in actions if a['action'] == 'release'],
-        usage=ipam.store_usage(new),
-        node_used=ipam.store_crd_used(new),
+    after = reconciler.after
+    result.pop('state')
+    result.update(
+        pool=planned['pool'],
+        ips=dict((ipam.family_of(ip), ip) for ip in sorted(_held(after, endpoint))),
+        released=[a['ip'] for a in result['plan'] if a['action'] == 'release'],
+        usage=ipam.store_usage(after),
+        node_used=ipam.store_crd_used(after),
         mode=(lease or {}).get('mode'),
-        diff=dict(before={'endpoint': p['endpoint_id'], 'ips': before},
-                  after={'endpoint': p['endpoint_id'], 'ips': after}),
     )
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

@@ -23,6 +23,8 @@ description:
     C(playbooks/verify.yml) uses that.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   lease:
     description:
@@ -108,7 +110,7 @@ import json
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def _canonical_lease(module, lease):
@@ -134,7 +136,7 @@ def plan(desired, realized, path, read_only):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             lease=dict(type='dict'),
             path=dict(type='path', default='/var/lib/podnet/ipam/lease.json'),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
@@ -148,25 +150,25 @@ def main():
     def read():
         return {'lease': statefile.read_json(p['path'])}
 
-    def apply(actions):
-        for a in actions:
-            if a['action'] == 'write':
-                statefile.write_json(p['path'], desired)
-            else:
-                statefile.remove(p['path'])
+    def apply(action):
+        if action['action'] == 'write':
+            statefile.write_json(p['path'], desired)
+        else:
+            statefile.remove(p['path'])
 
+    result = Reconciler(
+        module, read,
+        plan=lambda realized: plan(desired, realized, p['path'], read_only),
+        apply=apply,
+        project=lambda realized, actions: {'lease': desired},
+        name='ipam_node',
+    ).run()
     try:
-        result = Reconciler(
-            module, read,
-            plan=lambda realized: plan(desired, realized, p['path'], read_only),
-            apply=apply,
-            project=lambda realized, actions: {'lease': desired},
-        ).run()
         lease = result['state']['lease']
         cidrs = ipam.lease_cidrs(lease)
         result.update(lease=lease, cidrs=cidrs, router_ips=ipam.lease_router_ips(lease),
                       addresses=ipam.lease_host_addresses(lease))
-    except (statefile.StateFileError, ipam.IpamError) as e:
+    except ipam.IpamError as e:
         module.fail_json(msg=str(e))
     del result['state']
     module.exit_json(**result)

@@ -25,6 +25,8 @@ description:
   - When the running command line differs from O(argv), O(state=started) restarts the daemon.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   name:
     description: A name for the daemon, used in messages.
@@ -135,12 +137,12 @@ notes:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import daemon
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             name=dict(type='str', required=True),
             argv=dict(type='list', elements='str', required=True),
             pidfile=dict(type='path', required=True),
@@ -159,13 +161,10 @@ def main():
     desired = dict(name=p['name'], argv=p['argv'], state=p['state'], reload_argv=p['reload_argv'])
     notes = []
 
-    def apply(actions):
-        try:
-            notes.extend(daemon.apply(desired, actions, p['pidfile'], log_path=p['log_path'],
-                                      wait_for=p['wait_for'], start_timeout=p['start_timeout'],
-                                      stop_timeout=p['stop_timeout']))
-        except (daemon.DaemonError, OSError) as e:
-            module.fail_json(msg='%s: %s' % (p['name'], e), plan=actions, notes=notes)
+    def apply(action):
+        notes.extend(daemon.apply(desired, [action], p['pidfile'], log_path=p['log_path'],
+                                  wait_for=p['wait_for'], start_timeout=p['start_timeout'],
+                                  stop_timeout=p['stop_timeout']))
 
     # The planner needs more than the diff shows (pidfile presence, adoption): keep the full read.
     realized = {}
@@ -180,6 +179,7 @@ def main():
         plan=lambda view: daemon.plan(desired, dict(realized)),
         apply=apply,
         project=lambda view, actions: daemon.project(desired, dict(realized), actions),
+        name=p['name'],
     ).run()
     result['pid'] = result['state']['pid']
     result['notes'] = notes

@@ -26,6 +26,8 @@ description:
   - With O(state=absent) the table is deleted; nothing else is.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   state:
     description: Whether the masquerade table exists.
@@ -132,12 +134,12 @@ state:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import masquerade
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             table=dict(type='str', default='podnet'),
             sources=dict(type='list', elements='str', default=[]),
@@ -167,8 +169,8 @@ def main():
         masquerade.apply(masquerade.new_context(dry_run=True), actions, desired)
         return view(masquerade.project(desired, realized['table'], actions))
 
-    def apply(actions):
-        masquerade.apply(nft, actions, desired)
+    def apply(action):
+        masquerade.apply(nft, [action], desired)
         # The kernel holds exactly what was written, or the next run could never be changed=0.
         got = masquerade.read(nft, masquerade.FAMILY, sp['table'])
         if got != desired:
@@ -179,15 +181,17 @@ def main():
 
     try:
         nft = masquerade.new_context()
-        result = Reconciler(
-            module,
-            read=lambda: view(masquerade.read(nft, masquerade.FAMILY, sp['table'])),
-            plan=lambda realized: masquerade.plan(desired, realized['table']),
-            apply=apply,
-            project=project,
-        ).run()
     except masquerade.MasqueradeError as e:
         module.fail_json(msg=str(e))
+    result = Reconciler(
+        module,
+        read=lambda: view(masquerade.read(nft, masquerade.FAMILY, sp['table'])),
+        plan=lambda realized: masquerade.plan(desired, realized['table']),
+        apply=apply,
+        project=project,
+        describe=lambda action: '%s %s %s' % (action['action'], action['family'], action['table']),
+        name='masquerade',
+    ).run()
     module.exit_json(**result)
 
 

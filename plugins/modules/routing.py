@@ -34,6 +34,8 @@ description:
     runs limited to some nodes (C(--limit), AWX slices) still route to all of them.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.node_lock
 options:
   mode:
     description: How pod traffic crosses nodes (C(podnet_routing.mode)).
@@ -156,7 +158,7 @@ import platform
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import netlink, routing
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
 def _underlay(ipr, node_ip):
@@ -173,7 +175,7 @@ def _underlay(ipr, node_ip):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
             mode=dict(type='str', choices=['tunnel', 'native'], default='tunnel'),
             node=dict(type='str', required=True),
             node_ip=dict(type='str', required=True),
@@ -224,8 +226,10 @@ def main():
 
         result = Reconciler(
             module, lambda: routing.read(ipr), plan,
-            apply=lambda actions: routing.apply(ipr, actions),
+            apply=lambda action: routing.apply_action(ipr, action),
             project=lambda realized, actions: routing.project(desired, realized, actions),
+            describe=lambda action: routing.summary([action])[0],
+            name='routing (%s)' % node,
         ).run(peers=routing.peers(p['cluster'], node) if present else [])
         if underlay is not None:
             result['underlay'] = underlay

@@ -119,6 +119,7 @@ def lab(tmp_path):
         counter[0] += 1
         argfile = tmp_path / ('args-%d.json' % counter[0])
         margs = dict(args, _ansible_check_mode=check, _ansible_diff=True)
+        margs.setdefault('lock_path', str(tmp_path / 'node.lock'))   # not the host's /run/podnet
         argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': margs}))
         p = subprocess.run([sys.executable, os.path.join(ROOT, 'plugins', 'modules', 'lab_daemon.py'), str(argfile)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
