@@ -217,7 +217,9 @@ def main():
     if not p['endpoint_id'].strip():
         module.fail_json(msg='endpoint_id: must not be empty')
     try:
-        lease = statefile.read_json(p['lease_path'])
+        lease, error = statefile.read_json_checked(p['lease_path'], ipam.lease_problem)
+        if error:
+            module.fail_json(msg='endpoint %s: %s; %s' % (p['endpoint_id'], error, ipam.LEASE_RESTORE_HINT))
         if p['state'] == 'present' and lease is None:
             module.fail_json(msg='%s: no IPAM lease on this node; run the podnet.fabric.ipam role '
                                  '(playbooks/site.yml) first' % p['lease_path'])

@@ -67,11 +67,7 @@ def record_use(model, node, usage, node_used):
             led.bucket, led.node_doc_key(node))
         return {'updated': changed, 'location': where, 'record': 'status.ipam.used'}
 
-    counts = {}
-    for pool, fams in (usage or {}).items():
-        nz = dict((f, int(n)) for f, n in (fams or {}).items() if int(n) > 0)
-        if nz:
-            counts[pool] = nz
+    counts = ipam.pools_used_record(usage)
 
     def set_pools_used(doc):
         entry = doc['nodes'].get(node)
