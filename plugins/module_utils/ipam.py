@@ -788,13 +788,14 @@ def lease_disagreement(stored, desired):
 
 
 def _ordered_families(texts, where):
-    """[CIDR text] -> ({family: [canonical text, in the given order]}, parsed) (see _split_families)."""
+    """[CIDR text] -> ({family: [canonical text, in the given order]}, [(family, start, plen, text)])."""
     out = {'ipv4': [], 'ipv6': []}
     parsed = []
     for text in texts or ():
         fam, start, plen = _parse(text, where)
-        parsed.append((fam, start, plen))
-        out[fam].append(_fmt(fam, start, plen))
+        canonical = _fmt(fam, start, plen)
+        parsed.append((fam, start, plen, canonical))
+        out[fam].append(canonical)
     return out, parsed
 
 
@@ -831,8 +832,8 @@ def rebuild_from_leases(model, leases, usage=None):
                 [c for fam in FAMILIES for c in (((lease['pools'][p]) or {}).get(fam) or [])],
                 '%s: lease pools.%s' % (n, p))
             parsed.extend(more)
-        for fam, start, plen in parsed:
-            items.append((fam, start, start + _size(fam, plen), n, _fmt(fam, start, plen)))
+        for fam, start, plen, text in parsed:
+            items.append((fam, start, start + _size(fam, plen), n, text))
         used = pools_used_record(usage.get(n)) if mode not in ('crd', 'eni') else {}
         if used:
             entry['pools_used'] = used
