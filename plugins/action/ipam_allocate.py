@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible.plugins.action import ActionBase
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 
 
@@ -21,25 +20,9 @@ def _headline(changes, limit=4):
     return '; '.join(msgs[:limit]) + more
 
 
-class ActionModule(ActionBase):
+class ActionModule(ctl.IpamAction):
 
-    TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(('nodes', 'prune', 'group', 'model'))
-    _requires_connection = False
-    _supports_check_mode = True
-
-    def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
-        task_vars = task_vars or {}
-        args = self._task.args
-        try:
-            return self._run(result, args, task_vars)
-        except (ipam.IpamError, ledger.LedgerError) as e:
-            result.update(failed=True, changed=False, msg=str(e))
-            return result
-        except AnsibleActionFail as e:
-            result.update(failed=True, changed=False, msg=e.message)
-            return result
 
     def _run(self, result, args, task_vars):
         model = ctl.require_model(task_vars, args.get('model'))

@@ -8,10 +8,8 @@ import json
 import os
 import tempfile
 
-from ansible.errors import AnsibleActionFail
-from ansible.plugins.action import ActionBase
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_report as render
 
@@ -37,31 +35,18 @@ def _write(path, data):
     return True
 
 
-class ActionModule(ActionBase):
+class ActionModule(ctl.IpamAction):
 
-    TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(('dest', 'model', 'max_nodes'))
-    _requires_connection = False
-    _supports_check_mode = True
 
-    def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
-        task_vars = task_vars or {}
-        args = self._task.args
-        try:
-            model = ctl.require_model(task_vars, args.get('model'))
-            led = ctl.open_ledger(model)
-            doc = led.read()
-            node_docs = None
-            if model['ipam']['mode'] == 'crd':
-                node_docs = dict((n, led.read_node_doc(n)) for n in led.list_node_docs())
-            report = ipam.utilization(model, doc, node_docs)
-        except (ipam.IpamError, ledger.LedgerError) as e:
-            result.update(failed=True, msg=str(e))
-            return result
-        except AnsibleActionFail as e:
-            result.update(failed=True, msg=e.message)
-            return result
+    def _run(self, result, args, task_vars):
+        model = ctl.require_model(task_vars, args.get('model'))
+        led = ctl.open_ledger(model)
+        doc = led.read()
+        node_docs = None
+        if model['ipam']['mode'] == 'crd':
+            node_docs = dict((n, led.read_node_doc(n)) for n in led.list_node_docs())
+        report = ipam.utilization(model, doc, node_docs)
         report['ledger'] = {'backend': led.backend, 'location': led.location}
         max_nodes = int(args.get('max_nodes', 50))
         result.update(changed=False, utilization=report,

@@ -16,6 +16,14 @@ description:
     controller's filesystem, so packages are installed once on the machine, not from inside a member.
   - The file must end in C(.podnet.yml) or C(.podnet.yaml). Cluster variables (C(podnet_ipam) and the
     rest) go in C(group_vars/) beside it, as for any inventory.
+  - 'Where O(prefix) and O(nodes) come from, as Ansible''s precedence for plugin options has it:
+    a value set in the file wins; when the file leaves it unset, the environment variable
+    (E(PODNET_LAB_PREFIX), E(PODNET_LAB_NODES)); else the default (C(pnd), C(3)). The demo
+    inventory C(inventories/lab/lab.podnet.yml) leaves both unset, so
+    C(PODNET_LAB_PREFIX=mine make demo) and C(PODNET_LAB_PREFIX=mine make down) act on lab C(mine)
+    only. C(playbooks/lab_up.yml) and C(playbooks/lab_down.yml) refuse to act when
+    E(PODNET_LAB_PREFIX) is set and names another lab than the inventory''s (a file that sets
+    O(prefix)).'
 author:
   - podnet.fabric maintainers (@podnet)
 options:
@@ -24,13 +32,17 @@ options:
     required: true
     choices: [podnet.fabric.lab]
   prefix:
-    description: The lab's name prefix (see M(podnet.fabric.lab_cluster)).
+    description:
+      - The lab's name prefix (see M(podnet.fabric.lab_cluster)).
+      - Leave it out of the file to take it from E(PODNET_LAB_PREFIX); set here, it wins over the environment.
     type: str
     default: pnd
     env:
       - name: PODNET_LAB_PREFIX
   nodes:
-    description: How many nodes.
+    description:
+      - How many nodes.
+      - Leave it out of the file to take it from E(PODNET_LAB_NODES); set here, it wins over the environment.
     type: int
     default: 3
     env:
@@ -63,10 +75,10 @@ options:
 '''
 
 EXAMPLES = r'''
-# inventories/lab/lab.podnet.yml
+# inventories/lab/lab.podnet.yml: prefix and node count from PODNET_LAB_PREFIX / PODNET_LAB_NODES,
+# else pnd and 3
+# (a test's own inventory adds "prefix: ptb" and "nodes: 4": fixed, whatever the environment says)
 plugin: podnet.fabric.lab
-prefix: pnd
-nodes: 3
 underlay_cidr: 192.168.50.0/24
 '''
 

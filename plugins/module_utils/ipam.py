@@ -6,7 +6,9 @@ ledger (ledger.py) and the node's stores; this module only computes.
 
 Controller side
 - ``plan_cluster(model, doc, run_nodes, prune=False, node_docs=None) -> (new_doc, changes)``
-- ``rebuild_from_leases(model, leases) -> doc``
+- ``rebuild_from_leases(model, leases, usage=None) -> doc``; ``rebuild_inputs(model, reports)``
+  (what ipam_node_info reported -> leases, usage); ``plan_rebuild(current, rebuilt, force)``
+  (what to write over a missing, torn or readable ledger)
 - ``utilization(model, doc, node_docs=None) -> report``
 - ``node_lease(doc, node, mode=None) -> lease`` (what the node stores in
   /var/lib/podnet/ipam/lease.json)
@@ -699,13 +701,117 @@ def node_lease(doc, node, mode=None):
     return lease
 
 
-def rebuild_from_leases(model, leases):
-    """A ledger document rebuilt from the nodes' own leases {node: lease}.
+def pools_used_record(usage):
+    """A node's endpoint use ({pool: {family: count}}, as store_usage returns it) as the ledger
+    records it in the entry's pools_used: non-zero int counts only; {} when nothing is in use."""
+    out = {}
+    for pool, fams in sorted((usage or {}).items()):
+        nz = dict((f, int(n)) for f, n in sorted((fams or {}).items()) if int(n) > 0)
+        if nz:
+            out[pool] = nz
+    return out
 
-    Raises IpamError when a lease is for another cluster or node, holds an invalid CIDR, or
-    when two nodes claim overlapping CIDRs (naming both nodes and the CIDR).
+
+def lease_problem(lease):
+    """None when `lease` (a parsed lease file) has a lease's shape, else what is wrong with it."""
+    if not isinstance(lease, dict):
+        why = 'a JSON %s, not an object' % type(lease).__name__
+    elif 'node' not in lease or 'cidrs' not in lease:
+        why = 'no %s key' % ('node' if 'node' not in lease else 'cidrs')
+    elif not isinstance(lease['cidrs'], dict) or not isinstance(lease.get('pools') or {}, dict):
+        why = 'cidrs and pools must be objects'
+    else:
+        return None
+    return 'not a lease (%s)' % why
+
+
+LEASE_RESTORE_HINT = ('playbooks/site.yml restores the lease from the ledger (the ipam role keeps the bad file '
+                      'beside it)')
+
+
+def plan_lease(desired, stored, path, aside=None):
+    """Pure: the actions that make the node's lease file `desired` (None: no file).
+
+    stored: {'lease': the stored lease or None, 'unreadable': what is wrong with the file, when it
+    is there but not a lease}. An unreadable file is kept aside (as `aside`) before the ledger's
+    lease is written over it; a readable one is simply replaced."""
+    bad = stored.get('unreadable')
+    if desired is None:
+        return [{'action': 'remove', 'path': path}] if stored.get('lease') is not None or bad else []
+    if not bad and desired == stored.get('lease'):
+        return []
+    actions = []
+    if bad:
+        actions.append({'action': 'keep_aside', 'path': path, 'to': aside, 'error': bad})
+    actions.append({'action': 'write', 'path': path})
+    return actions
+
+
+def _holdings(lease):
+    """What a lease claims, for comparisons: node, cluster and every CIDR by family and pool."""
+    lease = lease or {}
+    return {'node': lease.get('node'), 'cluster': lease.get('cluster'),
+            'cidrs': dict((f, list((lease.get('cidrs') or {}).get(f) or [])) for f in FAMILIES),
+            'pools': dict((p, dict((f, list((v or {}).get(f) or [])) for f in FAMILIES))
+                          for p, v in sorted((lease.get('pools') or {}).items()))}
+
+
+def _flat(holdings):
+    """Every CIDR of _holdings() as text, pool blocks as pool:CIDR, sorted."""
+    return sorted(c for fam in FAMILIES for c in holdings['cidrs'][fam]) + sorted(
+        '%s:%s' % (p, c) for p, v in holdings['pools'].items() for fam in FAMILIES for c in v[fam])
+
+
+def lease_disagreement(stored, desired):
+    """A short text when the node's stored lease claims other CIDRs (or another node or cluster)
+    than the ledger's lease although the ledger has not reallocated since the stored one was
+    written (its allocated_at is not newer): the node's copy drifted. None when they agree or
+    when the ledger legitimately changed the allocation (prune, multi-pool growth, new pod CIDRs)."""
+    if stored is None or desired is None or lease_problem(stored):
+        return None
+    have, want = _holdings(stored), _holdings(desired)
+    if have == want:
+        return None
+    try:
+        newer = int(desired.get('allocated_at') or 0) > int(stored.get('allocated_at') or 0)
+    except (TypeError, ValueError):
+        newer = False
+    if newer:
+        return None
+    parts = []
+    for key in ('node', 'cluster'):
+        if have[key] != want[key]:
+            parts.append('%s %s -> %s' % (key, have[key], want[key]))
+    if _flat(have) != _flat(want):
+        parts.append('CIDRs %s -> %s' % (', '.join(_flat(have)) or 'none', ', '.join(_flat(want)) or 'none'))
+    return '; '.join(parts) or 'pool layout differs'
+
+
+def _ordered_families(texts, where):
+    """[CIDR text] -> ({family: [canonical text, in the given order]}, [(family, start, plen, text)])."""
+    out = {'ipv4': [], 'ipv6': []}
+    parsed = []
+    for text in texts or ():
+        fam, start, plen = _parse(text, where)
+        canonical = _fmt(fam, start, plen)
+        parsed.append((fam, start, plen, canonical))
+        out[fam].append(canonical)
+    return out, parsed
+
+
+def rebuild_from_leases(model, leases, usage=None):
+    """A ledger document rebuilt from the nodes' own leases {node: lease} and, for each node's
+    pools_used, their endpoint use {node: {pool: {family: count}}} (store_usage of each node's
+    endpoint store; not recorded in crd mode, whose use lives in the node documents, or eni mode).
+
+    Each entry is what ipam_allocate wrote (its CIDRs in the lease's order, allocated_at), so the
+    leases the rebuilt ledger hands out equal the ones the nodes hold. serial is the highest
+    allocated_at. Raises IpamError when a lease is for another cluster or node, holds an invalid
+    CIDR, or when two nodes claim overlapping CIDRs (naming both nodes and the CIDR).
     """
     cluster = model['cluster']['name']
+    mode = (model.get('ipam') or {}).get('mode') or 'cluster-pool'
+    usage = usage or {}
     nodes = {}
     items = []
     top = 0
@@ -719,20 +825,99 @@ def rebuild_from_leases(model, leases):
                  'cidrs': {}, 'pools': {}, 'allocated_at': int(lease.get('allocated_at') or 0)}
         top = max(top, entry['allocated_at'])
         where = '%s: lease cidrs' % n
-        entry['cidrs'], parsed = _split_families(
+        entry['cidrs'], parsed = _ordered_families(
             [c for fam in FAMILIES for c in ((lease.get('cidrs') or {}).get(fam) or [])], where)
         for p in sorted(lease.get('pools') or {}):
-            entry['pools'][p], more = _split_families(
+            entry['pools'][p], more = _ordered_families(
                 [c for fam in FAMILIES for c in (((lease['pools'][p]) or {}).get(fam) or [])],
                 '%s: lease pools.%s' % (n, p))
             parsed.extend(more)
-        for fam, start, plen in parsed:
-            items.append((fam, start, start + _size(fam, plen), n, _fmt(fam, start, plen)))
+        for fam, start, plen, text in parsed:
+            items.append((fam, start, start + _size(fam, plen), n, text))
+        used = pools_used_record(usage.get(n)) if mode not in ('crd', 'eni') else {}
+        if used:
+            entry['pools_used'] = used
         nodes[n] = entry
     pair = _find_conflict(items)
     if pair:
         raise IpamError(_conflict_message(pair, 'lease conflict'))
     return {'version': 1, 'cluster': cluster, 'serial': top, 'nodes': nodes, 'identities': {}}
+
+
+def rebuild_inputs(model, reports, allow_missing=False):
+    """What the nodes reported (ipam_node_info results, {node: result}; None or a failed result for
+    a node that could not be read) -> (leases, usage, warnings) for rebuild_from_leases.
+
+    Every node of the model must be accounted for: a node that did not report, whose lease is
+    unreadable, or that has no lease while its endpoint store holds addresses, would leave its
+    CIDR out of the ledger, to be handed to another node. That raises IpamError listing every such
+    node, unless allow_missing, which leaves them out with a warning. A node with neither lease
+    nor endpoints was never provisioned: it is left out (the next site.yml allocates it)."""
+    leases, usage, warnings, problems = {}, {}, [], []
+    for n in sorted(model['nodes'], key=natural_key):
+        rep = (reports or {}).get(n)
+        if not isinstance(rep, dict) or rep.get('failed') or rep.get('unreachable') or 'lease' not in rep:
+            why = (rep or {}).get('msg') if isinstance(rep, dict) else None
+            problems.append('%s: did not report its lease%s' % (n, ' (%s)' % why if why else ''))
+            continue
+        if rep.get('lease_error'):
+            problems.append('%s: %s' % (n, rep['lease_error']))
+            continue
+        if rep.get('store_error'):
+            warnings.append('%s: %s; its pools_used is not rebuilt (the next ipam_endpoint call records it)'
+                            % (n, rep['store_error']))
+        if rep['lease'] is None:
+            addrs = rep.get('addresses') or []
+            if addrs:
+                problems.append('%s: no lease, but its endpoint store holds %s (%s%s): its CIDR is unknown'
+                                % (n, _count(len(addrs), 'address', 'addresses'), ', '.join(addrs[:3]),
+                                   ', ...' if len(addrs) > 3 else ''))
+            else:
+                warnings.append('%s: no lease (never provisioned): not in the rebuilt ledger; the next '
+                                'site.yml run allocates it' % n)
+            continue
+        leases[n] = rep['lease']
+        usage[n] = rep.get('usage') or {}
+    if problems:
+        if not allow_missing:
+            raise IpamError('cannot rebuild the ledger from every node: %s. Fix or reach those nodes, or '
+                            'rebuild without them (-e ledger_rebuild_allow_missing=true): their CIDRs '
+                            'may then be handed to other nodes' % '; '.join(problems))
+        warnings.extend('%s; left out (allow_missing)' % p for p in problems)
+    return leases, usage, warnings
+
+
+def _entries_differ(current, rebuilt):
+    """Nodes whose entries differ between two ledger documents, in natural order."""
+    a, b = current.get('nodes') or {}, rebuilt.get('nodes') or {}
+    return sorted((n for n in set(a) | set(b) if a.get(n) != b.get(n)), key=natural_key)
+
+
+def plan_rebuild(current, rebuilt, force=False):
+    """What to write over the ledger the backend holds, given the rebuilt document.
+
+    current: {'state': 'missing' | 'torn' | 'valid', 'doc': the document when valid, 'error'}.
+    Returns the document to write, or None when the ledger already holds what the nodes hold.
+    A readable ledger that differs is only replaced with force (it is kept beside the new one);
+    otherwise IpamError names the nodes that differ. A rebuilt document without any node is
+    refused: there is nothing to rebuild from."""
+    if not rebuilt.get('nodes'):
+        raise IpamError('no node holds a lease: there is nothing to rebuild the ledger from')
+    if current['state'] != 'valid':
+        return rebuilt
+    doc = current['doc']
+    differ = _entries_differ(doc, rebuilt)
+    if not differ:
+        return None
+    if not force:
+        raise IpamError('the ledger is readable and differs from the nodes\' leases for %s; ledger_rebuild '
+                        'replaces a lost or torn ledger only. To replace this one anyway (it is kept beside '
+                        'the new one) pass -e ledger_rebuild_force=true'
+                        % ', '.join(differ[:8] + (['...'] if len(differ) > 8 else [])))
+    out = dict(rebuilt)
+    out['serial'] = max(rebuilt['serial'], int(doc.get('serial') or 0) + 1)
+    out['identities'] = doc.get('identities') or {}
+    return out
 
 
 def _pct(used, size):

@@ -12,7 +12,9 @@ Backends
   writers; the new document goes to a temp file in the same directory, is fsynced, then
   ``os.replace``-d over the ledger and the directory is fsynced. A crash at any point leaves
   either the old or the new complete document. A torn or invalid ledger is a loud error,
-  never silently reset (resetting would re-hand out every CIDR).
+  never silently reset (resetting would re-hand out every CIDR); ``playbooks/ledger_rebuild.yml``
+  rebuilds it from the nodes' leases through ``rebuild(build)``, which keeps the torn document
+  beside the new one (``<path>.torn-<UTC time>``).
 - ``s3``: optimistic concurrency with conditional writes: GET (remember the ETag), apply,
   PUT with ``IfMatch=<etag>`` (``IfNoneMatch='*'`` when creating); on 412/409 the whole
   read-apply-write is retried with jittered backoff. boto3 is imported lazily.
@@ -69,6 +71,16 @@ class LedgerError(Exception):
     """Any ledger failure: unreadable/invalid document, lock timeout, lost write races, S3 errors."""
 
 
+class TornLedgerError(LedgerError):
+    """The stored ledger is not a ledger document (not JSON, truncated, wrong shape): the one case
+    ``rebuild`` replaces. An unsupported version or another cluster's ledger is not torn."""
+
+
+# What the torn-ledger errors say to do; README "Recovery" explains the playbook.
+REBUILD_HINT = ('Rebuild it from the nodes\' leases: ansible-playbook -i <inventory> playbooks/ledger_rebuild.yml '
+                '(README "Recovery"; the torn file is kept beside the new one), or restore it from a backup.')
+
+
 def empty_doc(cluster=None):
     return {'version': SCHEMA_VERSION, 'cluster': cluster, 'serial': 0, 'nodes': {}, 'identities': {}}
 
@@ -108,27 +120,31 @@ def _loads(data, where):
     try:
         doc = _parse_json(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise LedgerError('%s: the ledger is not valid JSON (%s); refusing to reset it. Restore it from a '
-                          'backup or rebuild it from the nodes\' leases.' % (where, e))
+        raise TornLedgerError('%s: the ledger is not valid JSON (%s); refusing to reset it. %s' % (where, e, REBUILD_HINT))
     return doc
 
 
 def validate_doc(doc, where, cluster=None):
-    """Structural check of a ledger document. Raises LedgerError naming the location."""
+    """Structural check of a ledger document. Raises LedgerError naming the location
+    (TornLedgerError when the document is not a ledger at all)."""
+    def torn(msg):
+        return TornLedgerError('%s: %s; refusing to use it. %s' % (where, msg, REBUILD_HINT))
     if not isinstance(doc, dict):
-        raise LedgerError('%s: the ledger is not a JSON object' % where)
+        raise torn('the ledger is not a JSON object')
+    if doc.get('version') is None:
+        raise torn('the ledger has no version')
     if doc.get('version') != SCHEMA_VERSION:
         raise LedgerError('%s: unsupported ledger version %r (this podnet.fabric reads version %d)'
                           % (where, doc.get('version'), SCHEMA_VERSION))
     serial = doc.get('serial')
     if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
-        raise LedgerError('%s: serial: %r is not a non-negative integer' % (where, serial))
+        raise torn('serial: %r is not a non-negative integer' % (serial,))
     for key in ('nodes', 'identities'):
         if not isinstance(doc.get(key), dict):
-            raise LedgerError('%s: %s: expected an object, got %r' % (where, key, type(doc.get(key)).__name__))
+            raise torn('%s: expected an object, got %r' % (key, type(doc.get(key)).__name__))
     for name, entry in doc['nodes'].items():
         if not isinstance(entry, dict):
-            raise LedgerError('%s: nodes.%s: expected an object' % (where, name))
+            raise torn('nodes.%s: expected an object' % name)
     if cluster is not None and doc.get('cluster') not in (None, cluster):
         raise LedgerError('%s: this ledger belongs to cluster %r, not %r' % (where, doc.get('cluster'), cluster))
     return doc
@@ -172,6 +188,22 @@ def _apply(fn, old, data, validate):
     return base, True
 
 
+def _inspect(data, where, cluster):
+    """The stored bytes as {'state': 'missing' | 'torn' | 'valid', 'doc', 'error'} (see rebuild).
+    Another cluster's ledger or an unsupported version still raises: that is not torn."""
+    if data is None:
+        return {'state': 'missing', 'doc': None, 'error': None}
+    try:
+        doc = validate_doc(_loads(data, where), where, cluster)
+    except TornLedgerError as e:
+        return {'state': 'torn', 'doc': None, 'error': str(e)}
+    return {'state': 'valid', 'doc': doc, 'error': None}
+
+
+def _aside_tag(current):
+    return 'torn' if current['state'] == 'torn' else 'replaced'
+
+
 # --------------------------------------------------------------------------------------------
 # file backend
 
@@ -188,14 +220,16 @@ class _FileDoc:
         self._empty = empty
         self.lock_timeout = lock_timeout
 
-    def _read(self):
+    def _read_bytes(self):
         try:
-            with open(self.path, 'rb') as f:
-                data = f.read()
-        except (IOError, OSError) as e:
-            if e.errno == errno.ENOENT:
-                return self._empty(), None
-            raise LedgerError('%s: cannot read: %s' % (self.path, e))
+            return statefile.read_bytes(self.path)
+        except statefile.StateFileError as e:
+            raise LedgerError(str(e))
+
+    def _read(self):
+        data = self._read_bytes()
+        if data is None:
+            return self._empty(), None
         return self._validate(_loads(data, self.path)), data
 
     def read(self):
@@ -261,6 +295,30 @@ class _FileDoc:
         finally:
             os.close(fd)  # closing the descriptor releases the flock
 
+    def inspect(self, inspect):
+        return inspect(self._read_bytes())
+
+    def replace(self, build, inspect):
+        """Under the lock: current = inspect(stored bytes); new = build(current); when new is not
+        None, keep the stored file aside (hard link) and write new. (current, new, aside path)."""
+        fd = self._lock()
+        try:
+            self._clean_temps()
+            current = inspect(self._read_bytes())
+            new = build(current)
+            aside = None
+            if new is not None:
+                self._validate(new)
+                if current['state'] != 'missing':
+                    try:
+                        aside = statefile.keep_aside(self.path, _aside_tag(current))
+                    except statefile.StateFileError as e:
+                        raise LedgerError(str(e))
+                self._write(new)
+            return current, new, aside
+        finally:
+            os.close(fd)
+
 
 class _Ledger(object):
     """What both backends offer on top of their document store: subclasses set ``self._doc``,
@@ -274,6 +332,22 @@ class _Ledger(object):
 
     def update(self, fn):
         return self._doc.update(fn)
+
+    def _inspect(self, data):
+        return _inspect(data, self.location, self.cluster)
+
+    def inspect(self):
+        """The stored ledger, leniently: {'state': 'missing' | 'torn' | 'valid', 'doc', 'error'}.
+        Another cluster's ledger or an unsupported version raises LedgerError."""
+        return self._doc.inspect(self._inspect)
+
+    def rebuild(self, build):
+        """Replace the ledger with build(current) (current as inspect() returns it) under the lock
+        (file) or with a conditional write (s3); build returns None to write nothing. A torn or
+        replaced document is kept beside the new one as ``<path or key>.torn-<UTC time>`` (or
+        ``.replaced-<UTC time>``), never deleted. Returns (current, written document or None,
+        where the old one was kept or None)."""
+        return self._doc.replace(build, self._inspect)
 
     def read_node_doc(self, node):
         return self._node(node).read()
@@ -331,56 +405,103 @@ class _S3Doc:
         self._validate = validate
         self._empty = empty
 
-    def _get(self):
+    def _get_bytes(self):
+        """(data, etag), or (None, None) when the object does not exist."""
         client = self.ledger.client()
         ClientError, BotoCoreError = self.ledger.errors()
         try:
             resp = client.get_object(Bucket=self.ledger.bucket, Key=self.key)
-            data = resp['Body'].read()
+            return resp['Body'].read(), resp['ETag']
         except ClientError as e:
             code, status = _s3_error_code(e)
             if code in _S3_MISSING_CODES or (status == 404 and code != 'NoSuchBucket'):
-                return self._empty(), None, None
+                return None, None
             raise LedgerError('%s: cannot read: %s (%s)' % (self.where, code or status, e))
         except BotoCoreError as e:
             raise LedgerError('%s: cannot read: %s' % (self.where, e))
-        return self._validate(_loads(data, self.where)), data, resp['ETag']
+
+    def _get(self):
+        data, etag = self._get_bytes()
+        if data is None:
+            return self._empty(), None, None
+        return self._validate(_loads(data, self.where)), data, etag
 
     def read(self):
         return self._get()[0]
 
-    def update(self, fn):
+    def _put(self, new, etag):
+        """Conditional PUT: True when written, False when another writer got there first."""
         client = self.ledger.client()
         ClientError, BotoCoreError = self.ledger.errors()
+        kwargs = {'Bucket': self.ledger.bucket, 'Key': self.key, 'Body': dumps(new),
+                  'ContentType': 'application/json'}
+        if etag is None:
+            kwargs['IfNoneMatch'] = '*'
+        else:
+            kwargs['IfMatch'] = etag
+        try:
+            client.put_object(**kwargs)
+            return True
+        except ClientError as e:
+            code, status = _s3_error_code(e)
+            # 412: someone wrote since our GET. 409: a concurrent conditional write is in
+            # flight. 404 on IfMatch: the object was deleted since our GET. All: start over.
+            if not (code in _S3_CONFLICT_CODES or status in (409, 412)
+                    or (etag is not None and (code in _S3_MISSING_CODES or status == 404))):
+                raise LedgerError('%s: cannot write: %s (%s)' % (self.where, code or status, e))
+        except BotoCoreError as e:
+            raise LedgerError('%s: cannot write: %s' % (self.where, e))
+        return False
+
+    def _retry(self, attempt):
+        """Count a lost conditional write and sleep before the next attempt."""
+        self.ledger.conflicts += 1
+        cap = min(self.ledger.backoff_cap, self.ledger.backoff_base * (2 ** attempt))
+        time.sleep(random.uniform(0, cap))  # full jitter: contenders spread out
+
+    def _gave_up(self, attempts):
+        return LedgerError('%s: gave up after %d attempts: other writers kept changing the ledger between '
+                           'our read and our conditional write' % (self.where, attempts))
+
+    def update(self, fn):
         attempts = self.ledger.max_attempts
         for attempt in range(attempts):
             old, data, etag = self._get()
             new, changed = _apply(fn, old, data, self._validate)
             if not changed:
                 return new, False
-            kwargs = {'Bucket': self.ledger.bucket, 'Key': self.key, 'Body': dumps(new),
-                      'ContentType': 'application/json'}
-            if etag is None:
-                kwargs['IfNoneMatch'] = '*'
-            else:
-                kwargs['IfMatch'] = etag
-            try:
-                client.put_object(**kwargs)
+            if self._put(new, etag):
                 return new, True
-            except ClientError as e:
-                code, status = _s3_error_code(e)
-                # 412: someone wrote since our GET. 409: a concurrent conditional write is in
-                # flight. 404 on IfMatch: the object was deleted since our GET. All: start over.
-                if not (code in _S3_CONFLICT_CODES or status in (409, 412)
-                        or (etag is not None and (code in _S3_MISSING_CODES or status == 404))):
-                    raise LedgerError('%s: cannot write: %s (%s)' % (self.where, code or status, e))
-            except BotoCoreError as e:
-                raise LedgerError('%s: cannot write: %s' % (self.where, e))
-            self.ledger.conflicts += 1
-            cap = min(self.ledger.backoff_cap, self.ledger.backoff_base * (2 ** attempt))
-            time.sleep(random.uniform(0, cap))  # full jitter: contenders spread out
-        raise LedgerError('%s: gave up after %d attempts: other writers kept changing the ledger between '
-                          'our read and our conditional write' % (self.where, attempts))
+            self._retry(attempt)
+        raise self._gave_up(attempts)
+
+    def inspect(self, inspect):
+        return inspect(self._get_bytes()[0])
+
+    def replace(self, build, inspect):
+        """As _FileDoc.replace; the old object is copied aside before the conditional PUT."""
+        client = self.ledger.client()
+        ClientError, BotoCoreError = self.ledger.errors()
+        attempts = self.ledger.max_attempts
+        for attempt in range(attempts):
+            data, etag = self._get_bytes()
+            current = inspect(data)
+            new = build(current)
+            if new is None:
+                return current, None, None
+            self._validate(new)
+            aside = None
+            if data is not None:
+                aside = statefile.aside_path(self.key, _aside_tag(current)) + ('.%d' % (attempt + 1) if attempt else '')
+                try:
+                    client.put_object(Bucket=self.ledger.bucket, Key=aside, Body=data, IfNoneMatch='*')
+                except (ClientError, BotoCoreError) as e:
+                    raise LedgerError('%s: cannot keep the old ledger aside as %s: %s' % (self.where, aside, e))
+                aside = 's3://%s/%s' % (self.ledger.bucket, aside)
+            if self._put(new, etag):
+                return current, new, aside
+            self._retry(attempt)
+        raise self._gave_up(attempts)
 
 
 class S3Ledger(_Ledger):

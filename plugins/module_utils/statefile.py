@@ -5,6 +5,11 @@
 
 - ``read_json(path)``: the document, or None when the file does not exist. A file that is not
   valid JSON is a loud error, never read as empty (that would hand out addresses in use again).
+- ``read_json_checked(path, check=None)``: ``(doc, None)``, ``(None, None)`` when absent, or
+  ``(None, error)`` when the file is there but not valid JSON (or ``check(doc)`` finds it is not
+  what it should be): for callers that can restore it from elsewhere.
+- ``keep_aside(path, tag)``: keep the file beside itself as ``<path>.<tag>-<UTC time>`` before it
+  is replaced (a hard link: ``path`` never goes missing), so a bad file is never simply deleted.
 - ``write_json(path, doc)``: atomic: temp file in the same directory, fsync, ``os.replace``,
   fsync of the directory. A crash leaves the old or the new file, never a torn one.
 - ``locked(path)``: an exclusive ``flock`` on ``<path>.lock`` around a read-modify-write, so two
@@ -36,19 +41,67 @@ def dumps(doc):
     return (json.dumps(doc, sort_keys=True, indent=2, separators=(',', ': ')) + '\n').encode('utf-8')
 
 
-def read_json(path):
+def read_bytes(path):
+    """The file's bytes, or None when it does not exist; any other read error is StateFileError."""
     try:
         with open(path, 'rb') as f:
-            data = f.read()
+            return f.read()
     except (IOError, OSError) as e:
         if e.errno == errno.ENOENT:
             return None
         raise StateFileError('%s: cannot read: %s' % (path, e))
+
+
+def read_json_checked(path, check=None):
+    """(doc, None); (None, None) when the file does not exist; (None, error) when it exists but is
+    not valid JSON (empty, truncated, garbage) or check(doc) says what is wrong with it. A file
+    that cannot be read at all still raises."""
+    data = read_bytes(path)
+    if data is None:
+        return None, None
     try:
-        return json.loads(data.decode('utf-8'))
+        doc = json.loads(data.decode('utf-8'))
     except (ValueError, UnicodeDecodeError) as e:
-        raise StateFileError('%s: not valid JSON (%s); refusing to treat it as empty. Move it away to '
-                             'start over.' % (path, e))
+        return None, '%s: not valid JSON (%s)' % (path, e)
+    problem = check(doc) if check else None
+    if problem:
+        return None, '%s: %s' % (path, problem)
+    return doc, None
+
+
+def read_json(path):
+    doc, error = read_json_checked(path)
+    if error:
+        raise StateFileError('%s; refusing to treat it as empty. Move it away to start over.' % error)
+    return doc
+
+
+def aside_path(path, tag, when=None):
+    """``<path>.<tag>-<UTC time>``, e.g. ``lease.json.corrupt-20250101T120000Z``."""
+    return '%s.%s-%s' % (path, tag, time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(when)))
+
+
+def keep_aside(path, tag, when=None):
+    """Keep the current file beside itself as aside_path(path, tag) (``.2``, ``.3``... when that
+    name is taken) and return that path. A hard link, so ``path`` stays in place until the caller
+    replaces it atomically: a crash in between leaves both, never neither."""
+    base = aside_path(path, tag, when)
+    candidate, n = base, 1
+    while True:
+        try:
+            os.link(path, candidate)
+            break
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                n += 1
+                candidate = '%s.%d' % (base, n)
+                continue
+            raise StateFileError('%s: cannot keep it aside as %s: %s' % (path, candidate, e))
+    try:
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as e:
+        raise StateFileError('%s: cannot sync its directory: %s' % (path, e))
+    return candidate
 
 
 def _fsync_dir(path):

@@ -230,9 +230,11 @@ def main():
     if not endpoint.strip():
         module.fail_json(msg='endpoint_id: must not be empty')
     try:
-        lease = statefile.read_json(p['lease_path'])
+        lease, error = statefile.read_json_checked(p['lease_path'], ipam.lease_problem)
     except statefile.StateFileError as e:
         module.fail_json(msg='endpoint %s: %s' % (endpoint, e))
+    if error:
+        module.fail_json(msg='endpoint %s: %s; %s' % (endpoint, error, ipam.LEASE_RESTORE_HINT))
     if p['state'] == 'present' and lease is None:
         module.fail_json(msg='%s: no IPAM lease on this node; run the podnet.fabric.ipam role '
                              '(playbooks/site.yml) first' % p['lease_path'])

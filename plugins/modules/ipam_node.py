@@ -20,7 +20,15 @@ description:
   - The lease comes from M(podnet.fabric.ipam_allocate) (its C(allocations[node])); the
     C(podnet.fabric.ipam) role wires the two together.
   - Without O(lease) (and O(state=present)) it only reads the stored lease and changes nothing;
-    C(playbooks/verify.yml) uses that.
+    C(playbooks/verify.yml) uses that. A stored lease that is not valid JSON (or not a lease) fails
+    then, naming the file.
+  - 'Recovery: the ledger is the authority, the lease is the node''s copy. With O(lease), a stored
+    lease that is unreadable (garbage, truncated, not a lease) is kept beside it as
+    C(<path>.corrupt-<UTC time>), for example C(lease.json.corrupt-20250101T120000Z), and the
+    ledger''s lease is written in its place, with a warning. A readable stored lease that claims
+    other CIDRs (or another node or cluster) than the ledger''s although the ledger has not
+    reallocated since (its C(allocated_at) is not newer) is corrected from the ledger, with a
+    warning. In check mode both are reported (plan, diff, warning) and nothing is written.'
 author:
   - podnet.fabric maintainers (@podnet)
 extends_documentation_fragment:
@@ -44,7 +52,8 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Reads the stored lease, plans, and reports the plan and diff without writing.
+    description: Reads the stored lease, plans, and reports the plan and diff without writing (an
+      unreadable lease is neither kept aside nor replaced).
   diff_mode:
     support: full
     description: Returns the stored lease before and after (projected in check mode).
@@ -98,11 +107,21 @@ addresses:
   elements: str
   sample: [10.244.0.1/32, "fd00::1/128"]
 plan:
-  description: The actions taken, or that would be taken in check mode.
+  description:
+    - The actions taken, or that would be taken in check mode. C(keep_aside) keeps an unreadable
+      lease as C(to) before C(write) replaces it; C(error) says what was wrong with it.
   returned: always
   type: list
   elements: dict
-  sample: [{action: write, path: /var/lib/podnet/ipam/lease.json}]
+  sample: [{action: keep_aside, path: /var/lib/podnet/ipam/lease.json,
+            to: /var/lib/podnet/ipam/lease.json.corrupt-20250101T120000Z,
+            error: "/var/lib/podnet/ipam/lease.json: not valid JSON (Expecting value: line 1 column 1 (char 0))"},
+           {action: write, path: /var/lib/podnet/ipam/lease.json}]
+kept_aside:
+  description: Where the unreadable lease was kept (would be kept, in check mode); null otherwise.
+  returned: always
+  type: str
+  sample: /var/lib/podnet/ipam/lease.json.corrupt-20250101T120000Z
 '''
 
 import json
@@ -126,14 +145,6 @@ def _canonical_lease(module, lease):
     return lease
 
 
-def plan(desired, realized, path, read_only):
-    if read_only or desired == realized['lease']:
-        return []
-    if desired is None:
-        return [{'action': 'remove', 'path': path}]
-    return [{'action': 'write', 'path': path}]
-
-
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
@@ -144,33 +155,51 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    path = p['path']
     read_only = p['state'] == 'present' and p['lease'] is None
     desired = None if p['state'] == 'absent' or read_only else _canonical_lease(module, p['lease'])
+    aside = statefile.aside_path(path, 'corrupt')
 
     def read():
-        return {'lease': statefile.read_json(p['path'])}
+        lease, error = statefile.read_json_checked(path, ipam.lease_problem)
+        if error and read_only:
+            module.fail_json(msg='%s; %s' % (error, ipam.LEASE_RESTORE_HINT))
+        return dict({'lease': lease}, **({'unreadable': error} if error else {}))
 
     def apply(action):
-        if action['action'] == 'write':
-            statefile.write_json(p['path'], desired)
+        if action['action'] == 'keep_aside':
+            action['to'] = statefile.keep_aside(path, 'corrupt')
+        elif action['action'] == 'write':
+            statefile.write_json(path, desired)
         else:
-            statefile.remove(p['path'])
+            statefile.remove(path)
 
     result = Reconciler(
         module, read,
-        plan=lambda realized: plan(desired, realized, p['path'], read_only),
+        plan=lambda realized: [] if read_only else ipam.plan_lease(desired, realized, path, aside),
         apply=apply,
         project=lambda realized, actions: {'lease': desired},
         name='ipam_node',
     ).run()
+
     try:
         lease = result['state']['lease']
-        cidrs = ipam.lease_cidrs(lease)
-        result.update(lease=lease, cidrs=cidrs, router_ips=ipam.lease_router_ips(lease),
+        result.update(lease=lease, cidrs=ipam.lease_cidrs(lease), router_ips=ipam.lease_router_ips(lease),
                       addresses=ipam.lease_host_addresses(lease))
     except ipam.IpamError as e:
         module.fail_json(msg=str(e))
     del result['state']
+    before = result['diff']['before']
+    kept = [a for a in result['plan'] if a['action'] == 'keep_aside']
+    result['kept_aside'] = kept[0]['to'] if kept else None
+    verb = 'would keep' if module.check_mode else 'kept'
+    for a in kept:
+        module.warn('%s; %s the bad file as %s and %s the ledger\'s lease in its place' % (
+            a['error'], verb, a['to'], 'would write' if module.check_mode else 'wrote'))
+    drift = ipam.lease_disagreement(before.get('lease'), desired)
+    if drift:
+        module.warn('%s: the stored lease disagreed with the ledger (%s); %s from the ledger' % (
+            path, drift, 'would be corrected' if module.check_mode else 'corrected'))
     module.exit_json(**result)
 
 

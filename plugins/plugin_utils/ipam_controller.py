@@ -10,9 +10,33 @@ cluster-wide allocation goes through the ledger, never through other hosts' host
 from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
 
 from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
+
+
+class IpamAction(ActionBase):
+    """Base of the controller-only IPAM actions: they never connect to a node, support check mode,
+    and implement ``_run(result, args, task_vars)``; an IpamError, LedgerError or AnsibleActionFail
+    it raises becomes a failed result with the error's message."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(IpamAction, self).run(tmp, task_vars)
+        try:
+            return self._run(result, self._task.args, task_vars or {})
+        except (ipam.IpamError, ledger.LedgerError) as e:
+            result.update(failed=True, changed=False, msg=str(e))
+        except AnsibleActionFail as e:
+            result.update(failed=True, changed=False, msg=e.message)
+        return result
+
+    def _run(self, result, args, task_vars):
+        raise NotImplementedError
 
 
 def get_model(task_vars, explicit=None):
@@ -67,11 +91,7 @@ def record_use(model, node, usage, node_used):
             led.bucket, led.node_doc_key(node))
         return {'updated': changed, 'location': where, 'record': 'status.ipam.used'}
 
-    counts = {}
-    for pool, fams in (usage or {}).items():
-        nz = dict((f, int(n)) for f, n in (fams or {}).items() if int(n) > 0)
-        if nz:
-            counts[pool] = nz
+    counts = ipam.pools_used_record(usage)
 
     def set_pools_used(doc):
         entry = doc['nodes'].get(node)

@@ -145,3 +145,42 @@ def run_ok(name, *inventories, **kw):
     rc, out = playbook(name, *inventories, **kw)
     assert rc == 0, 'ansible-playbook %s exited %d:\n%s' % (name, rc, out[-6000:])
     return out
+
+
+def playbook_argv(name, *inventories, extra=(), check=False):
+    """The ansible-playbook command line for a playbook of playbooks/ (or a path) and inventories."""
+    argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name)]
+    for inv in inventories:
+        argv += ['-i', inv]
+    return argv + list(extra) + (['--check', '--diff'] if check else [])
+
+
+def playbook_with_env(name, *inventories, env_extra=None, extra=(), timeout=600):
+    """playbook() with variables added to env() (which drops PODNET_LAB_PREFIX/NODES): (rc, output)."""
+    e = env()
+    e.update(env_extra or {})
+    p = subprocess.run(playbook_argv(name, *inventories, extra=extra), cwd=REPO, env=e, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout, check=False)
+    return p.returncode, p.stdout
+
+
+def start_playbook(name, *inventories, extra=(), log=None):
+    """ansible-playbook started in a session (and process group) of its own, so that a test can end
+    it and every process it started with os.killpg(proc.pid, ...). Output goes to `log` (a file)."""
+    return subprocess.Popen(playbook_argv(name, *inventories, extra=extra), cwd=REPO, env=env(),
+                            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def group_alive(pgid):
+    """Whether any process of process group `pgid` is still alive (zombies count as gone)."""
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % pid) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ('Z', 'X'):
+            return True
+    return False

@@ -458,6 +458,121 @@ def test_rebuild_rejects_foreign_lease():
         ipam.rebuild_from_leases(make_model(names(1)), leases)
 
 
+def _reports(doc, usage=None, mode=None):
+    """What ipam_node_info returns on each node of a ledger (its lease; its endpoint use)."""
+    return dict((n, {'changed': False, 'lease': ipam.node_lease(doc, n, mode=mode), 'lease_error': None,
+                     'usage': (usage or {}).get(n, {}), 'addresses': [], 'store_error': None})
+                for n in doc['nodes'])
+
+
+def test_rebuild_keeps_pools_used_and_the_leases_block_order():
+    pools = {'default': {'ipv4': {'cidrs': ['10.10.0.0/16'], 'mask_size': 27}, 'ipv6': None},
+             'gpu': {'ipv4': {'cidrs': ['10.20.0.0/16'], 'mask_size': 28}, 'ipv6': None}}
+    model = make_model(names(3), mode='multi-pool', pools=pools, pre={'default': 8},
+                       labels={'node2': {ipam.NODE_POOLS_LABEL: 'gpu'}})
+    doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]
+    # node1 fills its block; the next run gives it a second one after node3's: blocks out of order
+    doc = copy.deepcopy(doc)
+    doc['nodes']['node1']['pools_used'] = {'default': {'ipv4': 29}}
+    doc['nodes']['node2']['pools_used'] = {'gpu': {'ipv4': 1}, 'default': {'ipv4': 2}}
+    doc = ipam.plan_cluster(model, doc, names(3))[0]
+    blocks = doc['nodes']['node1']['pools']['default']['ipv4']
+    assert blocks == ['10.10.0.0/27', '10.10.0.96/27']
+    doc['nodes']['node1']['pools'] = {'default': {'ipv4': ['10.10.0.96/27', '10.10.0.0/27'], 'ipv6': []}}
+    usage = dict((n, doc['nodes'][n].get('pools_used', {})) for n in names(3))
+    reports = _reports(doc, usage, mode='multi-pool')
+    leases, use, warnings = ipam.rebuild_inputs(model, reports)
+    assert not warnings
+    rebuilt = ipam.rebuild_from_leases(model, leases, use)
+    assert rebuilt['nodes'] == doc['nodes']          # every entry, pools_used and block order included
+    assert rebuilt['nodes']['node1']['pools']['default']['ipv4'] == ['10.10.0.96/27', '10.10.0.0/27']
+    assert 'pools_used' not in rebuilt['nodes']['node3']
+    assert rebuilt['serial'] == max(e['allocated_at'] for e in doc['nodes'].values())
+    # the leases the rebuilt ledger hands out are the ones the nodes hold
+    assert all(ipam.node_lease(rebuilt, n, 'multi-pool') == leases[n] for n in names(3))
+    # crd keeps its use in the node documents, not in pools_used
+    crd = make_model(names(3), mode='crd')
+    assert all('pools_used' not in e for e in ipam.rebuild_from_leases(crd, leases, use)['nodes'].values())
+
+
+def test_pools_used_record_drops_zero_counts():
+    assert ipam.pools_used_record({'default': {'ipv4': 0, 'ipv6': 2}, 'gpu': {'ipv4': 0}}) == {'default': {'ipv6': 2}}
+    assert ipam.pools_used_record(None) == {}
+
+
+def test_rebuild_inputs_names_every_node_it_cannot_rebuild_from():
+    model = make_model(names(6))
+    doc = ipam.plan_cluster(model, empty_doc(), names(6))[0]
+    reports = _reports(doc)
+    reports['node2'] = False                                   # did not run (unreachable, --limit)
+    reports['node3'] = {'failed': True, 'msg': 'nsenter: no such file'}
+    reports['node4'] = dict(reports['node4'], lease=None, lease_error='/l.json: not valid JSON (x)')
+    reports['node5'] = dict(reports['node5'], lease=None, addresses=['10.244.4.2', '10.244.4.3'])
+    reports['node6'] = dict(reports['node6'], lease=None)      # never provisioned
+    reports['node1'] = dict(reports['node1'], store_error='/e.json: not valid JSON (y)')
+    with pytest.raises(IpamError) as e:
+        ipam.rebuild_inputs(model, reports)
+    msg = str(e.value)
+    for part in ('node2: did not report its lease', 'node3: did not report its lease (nsenter: no such file)',
+                 'node4: /l.json: not valid JSON (x)',
+                 'node5: no lease, but its endpoint store holds 2 addresses (10.244.4.2, 10.244.4.3): its CIDR is unknown',
+                 'ledger_rebuild_allow_missing=true'):
+        assert part in msg, msg
+    assert 'node6' not in msg and 'node1' not in msg
+    leases, usage, warnings = ipam.rebuild_inputs(model, reports, allow_missing=True)
+    assert sorted(leases) == ['node1']
+    assert len(warnings) == 6 and any(w.startswith('node6: no lease (never provisioned)') for w in warnings)
+    assert any(w.startswith('node1: /e.json: not valid JSON (y); its pools_used is not rebuilt') for w in warnings)
+    assert any(w.startswith('node5: no lease') and w.endswith('left out (allow_missing)') for w in warnings)
+
+
+def test_plan_rebuild_missing_torn_valid():
+    model = make_model(names(2))
+    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
+    rebuilt = ipam.rebuild_from_leases(model, dict((n, ipam.node_lease(doc, n)) for n in names(2)))
+    assert ipam.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, rebuilt) is rebuilt
+    assert ipam.plan_rebuild({'state': 'torn', 'doc': None, 'error': 'x'}, rebuilt) is rebuilt
+    # a readable ledger that holds what the leases hold (serial aside) is left alone
+    same = dict(doc, serial=9)
+    assert ipam.plan_rebuild({'state': 'valid', 'doc': same, 'error': None}, rebuilt) is None
+    other = copy.deepcopy(doc)
+    other['nodes']['node2']['cidrs']['ipv4'] = ['10.244.7.0/24']
+    other['serial'] = 9
+    other['identities'] = {'k': 1}
+    with pytest.raises(IpamError, match=r'differs from the nodes\' leases for node2; .*ledger_rebuild_force=true'):
+        ipam.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt)
+    forced = ipam.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt, force=True)
+    assert forced['nodes'] == rebuilt['nodes'] and forced['serial'] == 10 and forced['identities'] == {'k': 1}
+    with pytest.raises(IpamError, match='no node holds a lease'):
+        ipam.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, dict(rebuilt, nodes={}))
+
+
+def test_lease_problem_and_disagreement():
+    good = {'cluster': 'lab', 'node': 'node1', 'ip': '192.168.50.10', 'allocated_at': 3,
+            'cidrs': {'ipv4': ['10.244.0.0/24'], 'ipv6': []}, 'pools': {}}
+    assert ipam.lease_problem(good) is None
+    assert ipam.lease_problem([1]) == 'not a lease (a JSON list, not an object)'
+    assert ipam.lease_problem({'node': 'x'}) == 'not a lease (no cidrs key)'
+    assert ipam.lease_problem({'node': 'x', 'cidrs': []}) == 'not a lease (cidrs and pools must be objects)'
+    assert ipam.lease_disagreement(good, dict(good, mode='cluster-pool')) is None   # same claims
+    moved = dict(good, cidrs={'ipv4': ['10.244.5.0/24'], 'ipv6': []})
+    assert ipam.lease_disagreement(moved, good) == 'CIDRs 10.244.5.0/24 -> 10.244.0.0/24'
+    assert ipam.lease_disagreement(dict(good, node='node9'), good) == 'node node9 -> node1'
+    assert ipam.lease_disagreement(dict(moved, allocated_at=2), dict(good, allocated_at=3)) is None  # reallocated
+    assert ipam.lease_disagreement(None, good) is None and ipam.lease_disagreement([1], good) is None
+
+
+def test_plan_lease():
+    want = {'node': 'node1', 'cidrs': {'ipv4': ['10.244.0.0/24']}}
+    p = '/v/lease.json'
+    assert ipam.plan_lease(want, {'lease': want}, p) == []
+    assert ipam.plan_lease(want, {'lease': None}, p) == [{'action': 'write', 'path': p}]
+    assert ipam.plan_lease(want, {'lease': None, 'unreadable': 'bad'}, p, aside=p + '.corrupt-T') == [
+        {'action': 'keep_aside', 'path': p, 'to': p + '.corrupt-T', 'error': 'bad'}, {'action': 'write', 'path': p}]
+    assert ipam.plan_lease(None, {'lease': None, 'unreadable': 'bad'}, p) == [{'action': 'remove', 'path': p}]
+    assert ipam.plan_lease(None, {'lease': None}, p) == []
+
+
 def test_utilization():
     model = make_model(names(3), v4=('10.244.0.0/22',), mask=24)
     doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]

@@ -22,6 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COLLECTIONS = os.path.join(ROOT, 'build', 'collections')   # tests/conftest.py links the checkout there
 
 
+READ_ONLY = ('ipam_node_info',)
+
+
 @pytest.fixture
 def run(tmp_path):
     counter = [0]
@@ -30,7 +33,8 @@ def run(tmp_path):
         counter[0] += 1
         argfile = tmp_path / ('args-%d.json' % counter[0])
         margs = dict(args)
-        margs.setdefault('lock_path', str(tmp_path / 'node.lock'))   # not the host's /run/podnet
+        if module not in READ_ONLY:   # read-only modules take no node lock
+            margs.setdefault('lock_path', str(tmp_path / 'node.lock'))   # not the host's /run/podnet
         margs['_ansible_check_mode'] = check
         margs['_ansible_diff'] = True
         argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': margs}))
@@ -43,6 +47,11 @@ def run(tmp_path):
         except ValueError:
             raise AssertionError('module output is not JSON: %s\n%s' % (p.stdout, p.stderr))
     return _run
+
+
+def warnings(result):
+    """The warning texts of a module result (ansible-core 2.19 returns them as structured events)."""
+    return [w['event']['msg'] if isinstance(w, dict) else w for w in result.get('warnings') or []]
 
 
 def lease(node='node1', v4=('10.244.1.0/24',), v6=(), pools=None, mode='cluster-pool'):
@@ -103,11 +112,79 @@ def test_ipam_node_refuses_a_torn_lease_and_a_bad_lease(run, tmp_path):
     path = tmp_path / 'lease.json'
     path.write_text('{"cluster": "lab", "no')
     r = run('ipam_node', {'path': str(path)})
-    assert r['failed'] and 'not valid JSON' in r['msg'] and 'refusing' in r['msg']
+    assert r['failed'] and 'not valid JSON' in r['msg'] and str(path) in r['msg']
+    assert 'playbooks/site.yml restores the lease from the ledger' in r['msg']
+    assert path.read_text() == '{"cluster": "lab", "no'      # a read never moves or rewrites it
     r = run('ipam_node', {'lease': {'node': 'n1', 'cidrs': {'ipv4': ['10.0.0.1/24']}}, 'path': str(tmp_path / 'x')})
     assert r['failed'] and 'lease:' in r['msg']
     r = run('ipam_node', {'lease': {'node': 'n1'}, 'path': str(tmp_path / 'x')})
     assert r['failed'] and "missing key 'cidrs'" in r['msg']
+
+
+@pytest.mark.parametrize('garbage', [b'\x00\x17garbage', b'', b'{"cluster": "lab", "no', b'[1, 2]',
+                                     b'{"cluster": "lab"}'])
+def test_ipam_node_restores_an_unreadable_lease_from_the_ledger_and_keeps_it_aside(run, tmp_path, garbage):
+    path = tmp_path / 'ipam' / 'lease.json'
+    path.parent.mkdir()
+    path.write_bytes(garbage)
+    want = lease()
+    r = run('ipam_node', {'lease': want, 'path': str(path)}, check=True)
+    assert not r.get('failed'), r
+    assert r['changed'] and [a['action'] for a in r['plan']] == ['keep_aside', 'write']
+    assert r['plan'][0]['to'].startswith(str(path) + '.corrupt-') and r['kept_aside'] == r['plan'][0]['to']
+    assert r['diff']['before']['lease'] is None and str(path) in r['diff']['before']['unreadable']
+    assert r['diff']['after'] == {'lease': want}
+    assert any('would keep the bad file as' in w and str(path) in w for w in warnings(r)), r
+    assert path.read_bytes() == garbage and os.listdir(str(path.parent)) == ['lease.json']   # check mode
+
+    r = run('ipam_node', {'lease': want, 'path': str(path)})
+    assert r['changed'] and r['lease'] == want and r['addresses'] == ['10.244.1.1/32']
+    assert any('kept the bad file as %s' % r['kept_aside'] in w for w in warnings(r)), r
+    with open(str(path)) as f:
+        assert json.load(f) == want
+    with open(r['kept_aside'], 'rb') as f:
+        assert f.read() == garbage
+    assert sorted(os.listdir(str(path.parent))) == ['lease.json', os.path.basename(r['kept_aside'])]
+    r = run('ipam_node', {'lease': want, 'path': str(path)})
+    assert not r['changed'] and r['kept_aside'] is None and not r.get('warnings')
+
+
+def test_ipam_node_corrects_a_lease_that_disagrees_with_the_ledger(run, tmp_path):
+    path = tmp_path / 'lease.json'
+    want = lease(v4=('10.244.1.0/24',))
+    drifted = dict(want, cidrs={'ipv4': ['10.244.0.0/24'], 'ipv6': []})
+    path.write_text(json.dumps(drifted))
+    r = run('ipam_node', {'lease': want, 'path': str(path)}, check=True)
+    assert r['changed'] and r['plan'] == [{'action': 'write', 'path': str(path)}] and r['kept_aside'] is None
+    assert any('disagreed with the ledger (CIDRs 10.244.0.0/24 -> 10.244.1.0/24); would be corrected' in w
+               for w in warnings(r)), r
+    assert json.loads(path.read_text()) == drifted
+    r = run('ipam_node', {'lease': want, 'path': str(path)})
+    assert r['changed'] and json.loads(path.read_text()) == want
+    assert any('corrected from the ledger' in w for w in warnings(r))
+    # A lease the ledger reallocated since (newer allocated_at) is an update, not drift: no warning.
+    newer = dict(want, cidrs={'ipv4': ['10.244.9.0/24'], 'ipv6': []}, allocated_at=7)
+    r = run('ipam_node', {'lease': newer, 'path': str(path)})
+    assert r['changed'] and not r.get('warnings')
+
+
+def test_ipam_node_info_reports_lease_and_use_and_never_fails_on_bad_files(run, tmp_path):
+    lp, sp = tmp_path / 'lease.json', tmp_path / 'endpoints.json'
+    args = {'lease_path': str(lp), 'store_path': str(sp)}
+    r = run('ipam_node_info', args)
+    assert r == dict(r, changed=False, lease=None, lease_error=None, usage={}, addresses=[], store_error=None)
+    lp.write_text(json.dumps(lease()))
+    sp.write_text(json.dumps({'version': 1, 'used': {'10.244.1.3': {'owner': 'b'}, '10.244.1.2': {'owner': 'a'},
+                                                    '10.244.1.10': {'owner': 'c', 'pool': 'gpu'}}}))
+    r = run('ipam_node_info', args, check=True)
+    assert r['lease'] == lease() and r['lease_error'] is None and not r['changed']
+    assert r['usage'] == {'default': {'ipv4': 2}, 'gpu': {'ipv4': 1}}
+    assert r['addresses'] == ['10.244.1.2', '10.244.1.3', '10.244.1.10']
+    lp.write_bytes(b'\x00garbage')
+    sp.write_text('[]')
+    r = run('ipam_node_info', args)
+    assert not r.get('failed') and r['lease'] is None and 'not valid JSON' in r['lease_error']
+    assert str(lp) in r['lease_error'] and 'not an endpoint store' in r['store_error'] and r['usage'] == {}
 
 
 # ----------------------------------------------------------------------------------------------

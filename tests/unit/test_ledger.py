@@ -118,6 +118,95 @@ def test_torn_or_invalid_ledger_is_a_loud_error(path, content):
     assert open(path, 'rb').read() == content       # never silently reset
 
 
+def rebuilt_doc(serial=3):
+    return {'version': 1, 'cluster': 'lab', 'serial': serial, 'identities': {},
+            'nodes': {'node1': {'ip': '192.168.50.11', 'cidrs': {'ipv4': ['10.0.0.0/24'], 'ipv6': []},
+                                'pools': {}, 'allocated_at': serial}}}
+
+
+def test_torn_ledger_errors_point_to_the_rebuild_playbook(path):
+    os.makedirs(os.path.dirname(path))
+    for content in (b'{"version": 1, "ser', b'[]', b'{}'):
+        with open(path, 'wb') as f:
+            f.write(content)
+        with pytest.raises(ledger.TornLedgerError) as e:
+            ledger.open_ledger({'backend': 'file', 'path': path}).read()
+        assert path in str(e.value) and 'playbooks/ledger_rebuild.yml' in str(e.value)
+
+
+@pytest.mark.parametrize('content,state', [(None, 'missing'), (b'', 'torn'), (b'{"version": 1, "cluster": "la', 'torn'),
+                                           (b'{"version": 1, "serial": "x", "nodes": {}, "identities": {}}', 'torn')])
+def test_rebuild_writes_a_missing_or_torn_ledger_and_keeps_the_torn_one_aside(path, content, state):
+    os.makedirs(os.path.dirname(path))
+    if content is not None:
+        with open(path, 'wb') as f:
+            f.write(content)
+    led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='lab')
+    assert led.inspect()['state'] == state
+    seen = []
+
+    def build(current):
+        seen.append(current)
+        return rebuilt_doc()
+    current, new, aside = led.rebuild(build)
+    assert current['state'] == state and seen == [current] and new == rebuilt_doc()
+    assert led.read() == rebuilt_doc() and json.loads(open(path, 'rb').read()) == rebuilt_doc()
+    if content is None:
+        assert aside is None and sorted(os.listdir(os.path.dirname(path))) == ['lab.json', 'lab.json.lock']
+    else:
+        assert 'ledger_rebuild.yml' in current['error']
+        assert os.path.basename(aside).startswith('lab.json.torn-') and open(aside, 'rb').read() == content
+    # the rebuilt ledger is an ordinary ledger again
+    doc, changed = led.update(add_node('node2', '10.0.1.0/24'))
+    assert changed and doc['serial'] == 4
+
+
+def test_rebuild_of_a_valid_ledger_writes_only_what_build_returns(path):
+    led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='lab')
+    led.update(add_node('node1', '10.0.0.0/24'))
+    before = open(path, 'rb').read()
+    current, new, aside = led.rebuild(lambda cur: None)
+    assert current['state'] == 'valid' and current['doc'] == led.read() and new is None and aside is None
+    assert open(path, 'rb').read() == before
+    current, new, aside = led.rebuild(lambda cur: rebuilt_doc(5))
+    assert os.path.basename(aside).startswith('lab.json.replaced-') and open(aside, 'rb').read() == before
+    assert led.read()['serial'] == 5
+    # a build that fails writes nothing and keeps nothing aside
+    with pytest.raises(ValueError):
+        led.rebuild(lambda cur: (_ for _ in ()).throw(ValueError('conflict')))
+    assert len(os.listdir(os.path.dirname(path))) == 3
+
+
+def test_rebuild_never_replaces_another_clusters_or_a_newer_ledger(path):
+    os.makedirs(os.path.dirname(path))
+    for content, match in ((b'{"version": 1, "cluster": "prod", "serial": 0, "nodes": {}, "identities": {}}',
+                            "belongs to cluster 'prod'"),
+                           (b'{"version": 2, "serial": 0, "nodes": {}, "identities": {}}', 'unsupported ledger version')):
+        with open(path, 'wb') as f:
+            f.write(content)
+        led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='lab')
+        with pytest.raises(LedgerError, match=match):
+            led.inspect()
+        with pytest.raises(LedgerError, match=match):
+            led.rebuild(lambda cur: rebuilt_doc())
+        assert open(path, 'rb').read() == content and sorted(os.listdir(os.path.dirname(path))) == ['lab.json', 'lab.json.lock']
+        os.unlink(path + '.lock')
+
+
+def test_keep_aside_never_overwrites(tmp_path):
+    from ansible_collections.podnet.fabric.plugins.module_utils import statefile
+    p = str(tmp_path / 'f.json')
+    with open(p, 'w') as f:
+        f.write('one')
+    a = statefile.keep_aside(p, 'corrupt', when=0)
+    assert a == p + '.corrupt-19700101T000000Z'
+    os.unlink(p)               # a new file under the same name (as an atomic replace makes it)
+    with open(p, 'w') as f:
+        f.write('two')
+    b = statefile.keep_aside(p, 'corrupt', when=0)
+    assert b == a + '.2' and open(a).read() == 'one' and open(b).read() == 'two'
+
+
 def test_foreign_cluster_refused(path):
     ledger.open_ledger({'backend': 'file', 'path': path}).update(add_node('node1', '10.0.0.0/24'))
     led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='prod')
@@ -302,3 +391,16 @@ def test_s3_node_docs(s3):
     assert led.read_node_doc('node1')['status']['ipam']['used'] == {'10.1.0.2': {'owner': 'default/a'}}
     assert led.list_node_docs() == ['node1']
     assert led.read()['nodes'] == {}
+
+
+def test_s3_rebuild_keeps_the_torn_object_aside(s3):
+    s3.put_object(Bucket='podnet-ledger', Key='clusters/lab.json', Body=b'{"version": 1, "ser')
+    led = ledger.open_ledger(s3_cfg(), cluster='lab')
+    assert led.inspect()['state'] == 'torn'
+    current, new, aside = led.rebuild(lambda cur: rebuilt_doc())
+    assert current['state'] == 'torn' and new == rebuilt_doc()
+    assert aside.startswith('s3://podnet-ledger/clusters/lab.json.torn-')
+    key = aside[len('s3://podnet-ledger/'):]
+    assert s3.get_object(Bucket='podnet-ledger', Key=key)['Body'].read() == b'{"version": 1, "ser'
+    assert led.read() == rebuilt_doc()
+    assert led.rebuild(lambda cur: None) == ({'state': 'valid', 'doc': rebuilt_doc(), 'error': None}, None, None)
