@@ -54,7 +54,7 @@ def results_path(name, quick):
 def _git(*argv):
     p = subprocess.run(['git', '-C', ROOT] + list(argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                        universal_newlines=True, check=False)
-    return p.stdout.strip() if p.returncode == 0 else None
+    return p.stdout if p.returncode == 0 else None
 
 
 def provenance():
@@ -67,7 +67,8 @@ def provenance():
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         nproc = os.cpu_count()
-    return {'git': {'commit': _git('rev-parse', 'HEAD'), 'dirty': dirty},
+    commit = _git('rev-parse', 'HEAD')
+    return {'git': {'commit': commit and commit.strip(), 'dirty': dirty},
             'machine': {'nproc': nproc, 'cpus': os.cpu_count(), 'kernel': platform.release(),
                         'platform': platform.platform(), 'python': platform.python_version(),
                         'loadavg_at_start': [round(x, 2) for x in os.getloadavg()]},

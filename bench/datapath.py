@@ -452,9 +452,9 @@ def main():
         'ok' if doc['ok']['bgp_convergence'] else 'MISSED'))
     for name, g in gap.items():
         print('switch %s: longest gap %s s, %d pings lost' % (name, g['gap_s'], g['lost']))
-    print('%s run: %.1f s (nproc %d, commit %s%s)' % ('quick' if args.quick else 'full', doc['wall_s'],
-                                                    doc['machine']['nproc'], (doc['git']['commit'] or '?')[:10],
-                                                    ', dirty' if doc['git']['dirty'] else ''))
+    print('%s run: %.1f s (nproc %d, commit %s%s)' % (
+        'quick' if args.quick else 'full', doc['wall_s'], doc['machine']['nproc'],
+        (doc['git']['commit'] or '?')[:10], ', dirty' if doc['git']['dirty'] else ''))
     _common.write_json(out_path, doc)
     return 0
 
