@@ -762,6 +762,11 @@ def apply_action(ipr_factory, python, netns, a):
     kind = a['action']
     if kind == 'create_netns':
         from pyroute2 import netns as pnetns
+        path = netns_path(a['name'])
+        if os.path.lexists(path) and not netns_exists(a['name']):
+            # The empty mount point a create killed before its bind mount leaves behind:
+            # pyroute2 creates it with O_EXCL and would fail on it for good.
+            os.unlink(path)
         pnetns.create(a['name'])
     elif kind == 'delete_netns':
         from pyroute2 import netns as pnetns

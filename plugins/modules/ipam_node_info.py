@@ -19,7 +19,7 @@ description:
     entry's C(pools_used)). C(playbooks/ledger_rebuild.yml) hands every node's result to
     M(podnet.fabric.ipam_rebuild).
   - Never fails on a file it cannot parse, and never changes anything. An unreadable lease or
-    store is returned as O(ignore:lease_error) / O(ignore:store_error) instead, so the controller
+    store is returned as RV(lease_error) / RV(store_error) instead, so the controller
     can name every node it cannot rebuild from at once.
 author:
   - podnet.fabric maintainers (@podnet)

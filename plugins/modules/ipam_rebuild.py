@@ -36,8 +36,8 @@ author:
 options:
   reports:
     description:
-      - What each node reported, C({node: result of podnet.fabric.ipam_node_info}); a node whose
-        value is null, failed or unreachable did not report.
+      - What each node reported, a dict of node name to the result of M(podnet.fabric.ipam_node_info);
+        a node whose value is null, false, failed or unreachable did not report.
       - Every node of the validated model (O(model)) is expected.
     type: dict
     required: true
