@@ -184,3 +184,43 @@ def group_alive(pgid):
         if int(fields[2]) == pgid and fields[0] not in ('Z', 'X'):
             return True
     return False
+
+
+def fresh(prefix):
+    """purge(prefix), then the lab's state dir if a killed run left it behind unmounted (purge only
+    removes a mounted one): a ledger left there would otherwise reappear in the next lab."""
+    import shutil
+    purge(prefix)
+    d = os.path.join(LAB_ROOT, prefix)
+    if os.path.isdir(d) and not [m for m in mountpoints() if m == d or m.startswith(d + '/')]:
+        shutil.rmtree(d)
+    assert_lab_gone(prefix)
+
+
+class LabState:
+    """What the tests of one file last left in their shared lab, so that each test can ask for the
+    state it needs instead of relying on the tests before it.
+
+    need(*states) re-establishes states[0] (with build(state), a callable from the test file) unless
+    the lab is known to be in one of `states`. From then on the state is unknown (None) until the
+    test calls left(state) or keep() as its last step: a test that fails midway leaves a lab that
+    the next test rebuilds."""
+
+    def __init__(self, build):
+        self.build = build
+        self.state = None
+        self.had = None
+
+    def need(self, *states):
+        if self.state not in states:
+            self.build(states[0], self.state)
+            self.state = states[0]
+        self.had, self.state = self.state, None
+        return self.had
+
+    def left(self, state):
+        self.state = state
+
+    def keep(self):
+        """The test changed nothing (or undid what it changed): the lab is as need() gave it."""
+        self.state = self.had

@@ -110,19 +110,34 @@ def _spawn(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _reap(procs):
+    """End the children a failed test left running (ours, by PID)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for pipe in (p.stdout, p.stderr):
+            pipe.close()
+
+
 def run_slices(cfg, tmp_path):
     go = str(tmp_path / 'go')
-    procs = [_spawn('worker', json.dumps(cfg), i, WORKERS, go) for i in range(WORKERS)]
-    for p in procs:
-        line = p.stdout.readline()
-        assert line == 'ready\n', (line, p.stderr.read() if p.poll() is not None else '')
-    open(go, 'w').close()                              # all 8 start at once
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
+    procs = []
+    try:
+        for i in range(WORKERS):
+            procs.append(_spawn('worker', json.dumps(cfg), i, WORKERS, go))
+        for p in procs:
+            line = p.stdout.readline()
+            assert line == 'ready\n', (line, p.stderr.read() if p.poll() is not None else '')
+        open(go, 'w').close()                              # all 8 start at once
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        _reap(procs)
 
 
 def check_allocations(doc):
@@ -252,10 +267,13 @@ def test_kill_9_at_random_moments_leaves_a_valid_ledger(tmp_path):
     torn = 0
     for _round in range(8):
         p = _spawn('writer', path, 'none')
-        assert p.stdout.readline() == 'w\n', p.stderr.read()    # at least one full write done
-        time.sleep(rng.uniform(0.0, 0.4))
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+        try:
+            assert p.stdout.readline() == 'w\n', p.stderr.read()    # at least one full write done
+            time.sleep(rng.uniform(0.0, 0.4))
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+        finally:
+            _reap([p])
         assert p.returncode == -signal.SIGKILL
         torn += bool(_temps(path))                               # killed with a write in flight
         doc = _read_valid(path)
@@ -271,13 +289,19 @@ def test_kill_9_at_random_moments_leaves_a_valid_ledger(tmp_path):
 def test_kill_9_mid_write_and_before_replace_keeps_previous_ledger(tmp_path):
     path = str(tmp_path / 'lab.json')
     p = _spawn('writer', path, 'none')
-    assert p.stdout.readline() == 'w\n'
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    try:
+        assert p.stdout.readline() == 'w\n'
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        _reap([p])
     before = open(path, 'rb').read()
     for crash in ('mid-write', 'before-replace'):
         p = _spawn('writer', path, crash)
-        out, err = p.communicate(timeout=60)
+        try:
+            out, err = p.communicate(timeout=60)
+        finally:
+            _reap([p])
         assert p.returncode == -signal.SIGKILL, err
         assert out == ''                                         # it never completed a write
         assert len(_temps(path)) == 1                            # the crash left its temp file ...
