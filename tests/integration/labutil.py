@@ -34,15 +34,14 @@ def write_lab_inventory(directory, prefix, nodes=3, cluster_vars=None):
     return directory
 
 
-def playbook(name, *inventories, extra=(), check=False, timeout=600):
-    argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name)]
-    for inv in inventories:
-        argv += ['-i', inv]
-    argv += list(extra)
-    if check:
-        argv += ['--check', '--diff']
-    p = subprocess.run(argv, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       universal_newlines=True, timeout=timeout, check=False)
+def playbook(name, *inventories, extra=(), check=False, timeout=600, env_extra=None):
+    """Run a playbook of playbooks/ (or a path) on inventories: (rc, output). env_extra adds
+    variables to env() (which drops PODNET_LAB_PREFIX/NODES)."""
+    e = env()
+    e.update(env_extra or {})
+    p = subprocess.run(playbook_argv(name, *inventories, extra=extra, check=check), cwd=REPO, env=e,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                       timeout=timeout, check=False)
     return p.returncode, p.stdout
 
 
@@ -156,12 +155,8 @@ def playbook_argv(name, *inventories, extra=(), check=False):
 
 
 def playbook_with_env(name, *inventories, env_extra=None, extra=(), timeout=600):
-    """playbook() with variables added to env() (which drops PODNET_LAB_PREFIX/NODES): (rc, output)."""
-    e = env()
-    e.update(env_extra or {})
-    p = subprocess.run(playbook_argv(name, *inventories, extra=extra), cwd=REPO, env=e, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout, check=False)
-    return p.returncode, p.stdout
+    """playbook() with variables added to env(): (rc, output)."""
+    return playbook(name, *inventories, extra=extra, timeout=timeout, env_extra=env_extra)
 
 
 def start_playbook(name, *inventories, extra=(), log=None):
