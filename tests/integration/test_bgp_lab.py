@@ -3,8 +3,14 @@
 Asserts on what the daemons and kernels hold (vtysh JSON in the ToR, `ip -j route` in every
 member, /proc for daemon PIDs), never on a task's status alone. Also measures BGP convergence: the
 time from a new node's speaker starting (its process start time) to its route being in the ToR's
-kernel and in a peer node's kernel, polled every 50 ms. The tests run in file order and build on
-each other's lab state.
+kernel and in a peer node's kernel, polled every 50 ms.
+
+Every test stands alone. The module fixture purges what a killed run left of `pbg`, brings up a
+bare 3-node lab and tears it down whatever happens, checking that no daemon the tests saw is still
+running and nothing of the lab is left. Each test starts from the state it names: `ensure_bare()`
+(no speaker anywhere) or `ensure_bgp(n)` (n nodes running BIRD, the ToR FRR, all converged). Both
+remember what the last test left, so a file run in order re-runs nothing it does not need; a test
+that changes the lab marks the state unknown until it has re-established a known one.
 """
 import json
 import os
@@ -13,10 +19,11 @@ import subprocess
 import threading
 import time
 
+import labutil
 import pytest
 import yaml
 
-from labutil import LAB_ROOT, netns_names, nsenter, playbook, recap, write_lab_inventory
+from labutil import nsenter, playbook, recap, run_ok, write_lab_inventory
 
 PREFIX = 'pbg'
 TOR = 'tor'
@@ -57,16 +64,67 @@ def lab(tmp_path_factory):
     cluster.write_text(yaml.safe_dump(CLUSTER))
     inv3 = write_lab_inventory(str(base / 'inv3'), PREFIX, nodes=3, cluster_vars=str(cluster))
     inv4 = write_lab_inventory(str(base / 'inv4'), PREFIX, nodes=4, cluster_vars=str(cluster))
-    rc, out = playbook('lab_up.yml', inv3)
-    assert rc == 0, out
-    state = {'inv3': inv3, 'inv4': inv4, 'pids': set()}
-    yield state
-    playbook('lab_down.yml', inv4)
-    assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
+    # What a killed earlier run left: its daemons die with the members, its files with the lab dir.
+    labutil.purge(PREFIX)
+    # pids: {pid: start time} of every daemon a test saw (a PID alone could be reused meanwhile).
+    # state: 'bare', 'bgp3', 'bgp4', 'absent', 'down' or None (unknown); n: the lab's node count.
+    state = {'inv3': inv3, 'inv4': inv4, 'pids': {}, 'state': None, 'n': None, 'convergence': []}
+    try:
+        run_ok('lab_up.yml', inv3)
+        state.update(state='bare', n=3)
+        yield state
+    finally:
+        if state['state'] != 'down':    # test_lab_down_leaves_no_daemon_and_no_namespace took it down
+            run_ok('lab_down.yml', inv4)
+        left = sorted(p for p, t in state['pids'].items() if same_process(p, t))
+        assert not left, 'daemons left: %s' % left
+        labutil.assert_lab_gone(PREFIX)
 
 
 def run(inv, *extra, check=False):
     return playbook(PLAY, inv, extra=list(extra), check=check)
+
+
+def run_bgp(inv, *extra, check=False):
+    """The BGP lab playbook, which must succeed: its output."""
+    return run_ok(PLAY, inv, extra=list(extra), check=check)
+
+
+def inv(lab, n):
+    return lab['inv%d' % n]
+
+
+def changing(lab):
+    """The test is about to change the lab: its state is unknown until the test says otherwise."""
+    lab['state'] = None
+
+
+def lab_up(lab, n):
+    lab['n'] = None
+    run_ok('lab_up.yml', inv(lab, n))
+    lab['n'] = n
+
+
+def ensure_bare(lab):
+    """A lab of 3 nodes where no speaker ever ran: nothing in /etc/podnet, no BGP route anywhere."""
+    if lab['state'] == 'bare':
+        return
+    changing(lab)
+    labutil.purge(PREFIX)
+    lab_up(lab, 3)
+    lab['state'] = 'bare'
+
+
+def ensure_bgp(lab, n):
+    """n nodes running BIRD, FRR on the ToR, every node's CIDR learned everywhere."""
+    if lab['state'] == 'bgp%d' % n:
+        return
+    changing(lab)
+    if lab['n'] != n:
+        lab_up(lab, n)
+    run_bgp(inv(lab, n))
+    wait_for('BGP convergence', lambda: converged(nodes(n)))
+    lab['state'] = 'bgp%d' % n
 
 
 # ---------------------------------------------------------------- reading the lab
@@ -101,6 +159,14 @@ def alive(pid):
         return False
 
 
+def same_process(pid, start):
+    """The process `pid` that started at `start` is still alive (not a later one reusing the PID)."""
+    try:
+        return alive(pid) and started_at(pid) == start
+    except (IOError, OSError):
+        return False
+
+
 def comm(pid):
     with open('/proc/%d/comm' % pid) as f:
         return f.read().strip()
@@ -122,7 +188,8 @@ def speaker_pids(lab, members):
                 assert comm(pid) == name and in_member(pid, m), (m, name, pid)
                 pids[name] = pid
         out[m] = pids
-        lab['pids'].update(pids.values())
+        for pid in pids.values():
+            lab['pids'][pid] = started_at(pid)
     return out
 
 
@@ -169,20 +236,24 @@ def speaker_routes(member):
 # ---------------------------------------------------------------- tests
 
 def test_check_mode_starts_nothing(lab):
-    rc, out = run(lab['inv3'], check=True)
-    assert rc == 0, out
+    ensure_bare(lab)
+    changing(lab)
+    run_bgp(lab['inv3'], check=True)
     assert speaker_pids(lab, nodes(3) + [TOR]) == dict((m, {}) for m in nodes(3) + [TOR])
     for m in nodes(3) + [TOR]:
         assert not speaker_routes(m)
         assert nsenter(PREFIX, m, ['ls', '/etc/podnet'], check=False) == ''
+    lab['state'] = 'bare'
 
 
 def test_nodes_advertise_their_cidrs_and_pod_traffic_crosses_the_tor(lab):
-    rc, out = run(lab['inv3'])
-    assert rc == 0, out
+    ensure_bare(lab)
+    changing(lab)
+    run_bgp(lab['inv3'])
     pids = speaker_pids(lab, nodes(3) + [TOR])
     assert all(set(pids[n]) == {'bird'} for n in nodes(3)) and set(pids[TOR]) == {'zebra', 'bgpd'}, pids
     wait_for('BGP convergence', lambda: converged(nodes(3)))
+    lab['state'] = 'bgp3'
     # One pod address per node (on lo: the test's own stand-in for a pod), then ICMP between them.
     for n in nodes(3):
         nsenter(PREFIX, n, ['ip', 'addr', 'replace', cidr(n).replace('0/24', '1/32'), 'dev', 'lo'])
@@ -201,9 +272,9 @@ def test_nodes_advertise_their_cidrs_and_pod_traffic_crosses_the_tor(lab):
 
 
 def test_second_run_changes_nothing_and_restarts_nothing(lab):
+    ensure_bgp(lab, 3)
     before = speaker_pids(lab, nodes(3) + [TOR])
-    rc, out = run(lab['inv3'])
-    assert rc == 0, out
+    out = run_bgp(lab['inv3'])
     assert all(v['changed'] == 0 for v in recap(out).values()), recap(out)
     assert speaker_pids(lab, nodes(3) + [TOR]) == before
 
@@ -251,35 +322,46 @@ def speaker_start(lab, node):
     return started_at(speaker_pids(lab, [node])[node]['bird'])
 
 
+def convergence_sample(lab, poll, node):
+    """(speaker start -> ToR kernel, -> node1 kernel) in seconds, recorded for the summary."""
+    t0 = speaker_start(lab, node)
+    assert TOR in poll.seen and 'node1' in poll.seen, 'never seen: %s' % sorted(set([TOR, 'node1']) - set(poll.seen))
+    sample = (poll.seen[TOR] - t0, poll.seen['node1'] - t0)
+    lab['convergence'].append(sample)
+    return sample
+
+
 def test_a_fourth_node_joins_without_touching_the_others(lab):
+    ensure_bgp(lab, 3)
+    changing(lab)
     members = nodes(3) + [TOR]
     before = speaker_pids(lab, members)
-    rc, out = playbook('lab_up.yml', lab['inv4'])
-    assert rc == 0, out
+    lab_up(lab, 4)
     with Poller(cidr('node4'), [TOR, 'node1']) as poll:
         rc, out = run(lab['inv4'])
-    assert rc == 0, out
+    assert rc == 0, out[-6000:]
     # The ToR takes the new neighbour by itself (listen range); no other node's config changes.
     assert all(recap(out)[m]['changed'] == 0 for m in members), recap(out)
     assert speaker_pids(lab, members) == before
     wait_for('BGP convergence with node4', lambda: converged(nodes(4)))
-    t0 = speaker_start(lab, 'node4')
-    lab['convergence'] = [(poll.seen[TOR] - t0, poll.seen['node1'] - t0)]
-    print('BGP convergence (node4 join): speaker start -> ToR kernel %.2f s, -> node1 kernel %.2f s'
-          % lab['convergence'][0])
+    lab['state'] = 'bgp4'
+    sample = convergence_sample(lab, poll, 'node4')
+    print('BGP convergence (node4 join): speaker start -> ToR kernel %.2f s, -> node1 kernel %.2f s' % sample)
+    assert all(0 < c < 3.0 for c in sample), sample
 
 
 def test_convergence_of_a_restarted_speaker(lab):
     """Two more samples: node4's speaker removed, then started again by the role."""
+    ensure_bgp(lab, 4)
+    changing(lab)
     for _round in range(2):
-        rc, out = run(lab['inv4'], '--limit', 'node4', '-e', 'bgp_test_state=absent')
-        assert rc == 0, out
+        run_bgp(lab['inv4'], '--limit', 'node4', '-e', 'bgp_test_state=absent')
         wait_for('node4 withdrawn', lambda: [m for m in (TOR, 'node1') if cidr('node4') in ip_routes(m)])
         with Poller(cidr('node4'), [TOR, 'node1']) as poll:
             rc, out = run(lab['inv4'], '--limit', 'node4')
-        assert rc == 0, out
-        t0 = speaker_start(lab, 'node4')
-        lab['convergence'].append((poll.seen[TOR] - t0, poll.seen['node1'] - t0))
+        assert rc == 0, out[-6000:]
+        convergence_sample(lab, poll, 'node4')
+    # With the join test's sample when it ran in this module.
     tor = [c[0] for c in lab['convergence']]
     peer = [c[1] for c in lab['convergence']]
     print('BGP convergence over %d starts (BIRD): ToR kernel median %.2f s (%.2f-%.2f), peer node kernel median '
@@ -287,91 +369,95 @@ def test_convergence_of_a_restarted_speaker(lab):
                                   statistics.median(peer), min(peer), max(peer)))
     assert all(0 < c < 3.0 for c in tor + peer), lab['convergence']
     wait_for('BGP convergence', lambda: converged(nodes(4)))
+    lab['state'] = 'bgp4'
 
 
 def test_config_change_reloads_bird_without_restart(lab):
+    ensure_bgp(lab, 4)
+    changing(lab)
     pid = speaker_pids(lab, ['node1'])['node1']['bird']
-    rc, out = run(lab['inv4'], '--limit', 'node1', '-e', '{"bgp_test_extra_prefixes": ["10.99.1.0/24"]}')
-    assert rc == 0, out
+    out = run_bgp(lab['inv4'], '--limit', 'node1', '-e', '{"bgp_test_extra_prefixes": ["10.99.1.0/24"]}')
     assert 'RUNNING HANDLER [podnet.fabric.bgp : Reload BIRD (lab process)]' in out
     wait_for('10.99.1.0/24 learned', lambda: converged(nodes(4), {'10.99.1.0/24': node_ip('node1')}))
     assert speaker_pids(lab, ['node1'])['node1'] == {'bird': pid}
-    rc, out = run(lab['inv4'], '--limit', 'node1')
-    assert rc == 0, out
+    run_bgp(lab['inv4'], '--limit', 'node1')
     wait_for('10.99.1.0/24 withdrawn', lambda: [m for m in nodes(4) + [TOR] if '10.99.1.0/24' in ip_routes(m)])
     assert speaker_pids(lab, ['node1'])['node1'] == {'bird': pid}
+    lab['state'] = 'bgp4'
 
 
 def test_frr_speaker_on_a_node_reloads_without_restart_and_hands_back_to_bird(lab):
+    ensure_bgp(lab, 4)
+    changing(lab)
     old_bird = speaker_pids(lab, ['node2'])['node2']['bird']
-    rc, out = run(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr')
-    assert rc == 0, out
+    run_bgp(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr')
     frr = speaker_pids(lab, ['node2'])['node2']
     assert set(frr) == {'zebra', 'bgpd'} and not alive(old_bird), frr
     wait_for('BGP convergence with FRR on node2', lambda: converged(nodes(4)))
     assert set(r['protocol'] for r in speaker_routes('node2').values()) == {'bgp'}   # zebra installed them
 
-    rc, out = run(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
+    out = run_bgp(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
                   '-e', '{"bgp_test_extra_prefixes": ["10.99.2.0/24"]}')
-    assert rc == 0, out
     assert 'RUNNING HANDLER [podnet.fabric.bgp : Reload bgpd (lab process)]' in out
     wait_for('10.99.2.0/24 learned', lambda: converged(nodes(4), {'10.99.2.0/24': node_ip('node2')}))
     assert speaker_pids(lab, ['node2'])['node2'] == frr
-    rc, out = run(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
+    out = run_bgp(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
                   '-e', '{"bgp_test_extra_prefixes": ["10.99.2.0/24"]}')
-    assert rc == 0 and recap(out)['node2']['changed'] == 0, out
+    assert recap(out)['node2']['changed'] == 0, out
 
-    rc, out = run(lab['inv4'], '--limit', 'node2')
-    assert rc == 0, out
+    run_bgp(lab['inv4'], '--limit', 'node2')
     pids = speaker_pids(lab, ['node2'])['node2']
     assert set(pids) == {'bird'} and not any(alive(p) for p in frr.values())
     assert nsenter(PREFIX, 'node2', ['ls', '/etc/podnet/bgp']).split() == ['bird.conf']
     wait_for('BGP convergence back on BIRD', lambda: converged(nodes(4)) + [
         '10.99.2.0/24 still at %s' % m for m in nodes(4) + [TOR] if '10.99.2.0/24' in ip_routes(m)])
+    lab['state'] = 'bgp4'
 
 
 def test_absent_removes_speakers_routes_and_config(lab):
+    ensure_bgp(lab, 4)
+    changing(lab)
     members = nodes(4) + [TOR]
     before = speaker_pids(lab, members)
-    rc, out = run(lab['inv4'], '-e', 'bgp_test_state=absent', check=True)
-    assert rc == 0, out
+    run_bgp(lab['inv4'], '-e', 'bgp_test_state=absent', check=True)
     assert speaker_pids(lab, members) == before
     # A speaker killed outright cannot withdraw its kernel routes: the role must.
     killed = before['node3']['bird']
-    os.kill(killed, 9)
+    os.kill(killed, 9)     # a daemon this test's own playbook run started, by its PID
     wait_for('node3 bird gone', lambda: [killed] if alive(killed) else [])
     assert speaker_routes('node3')
 
-    rc, out = run(lab['inv4'], '-e', 'bgp_test_state=absent')
-    assert rc == 0, out
+    run_bgp(lab['inv4'], '-e', 'bgp_test_state=absent')
     for n in nodes(4):
         assert not any(alive(p) for p in before[n].values())
         assert speaker_pids(lab, [n])[n] == {}
         assert speaker_routes(n) == {}, n
         assert nsenter(PREFIX, n, ['ls', '/etc/podnet', '/run/podnet'], check=False).split() == ['/etc/podnet:', '/run/podnet:']
     wait_for('the ToR forgets the nodes', lambda: [p for p in tor_rib() if p.startswith('10.')] + list(speaker_routes(TOR)))
-    rc, out = run(lab['inv4'], '-e', 'bgp_test_state=absent')
-    assert rc == 0 and all(recap(out)[n]['changed'] == 0 for n in nodes(4)), recap(out)
+    out = run_bgp(lab['inv4'], '-e', 'bgp_test_state=absent')
+    assert all(recap(out)[n]['changed'] == 0 for n in nodes(4)), recap(out)
 
     # No BGP in the cluster (tunnel mode): the ToR runs no daemon and keeps no config.
-    rc, out = playbook('lab_tor.yml', lab['inv4'], extra=['-e', '{"podnet_routing": {"mode": "tunnel"}}'])
-    assert rc == 0, out
+    tunnel = ['-e', '{"podnet_routing": {"mode": "tunnel"}}']
+    run_ok('lab_tor.yml', lab['inv4'], extra=tunnel)
     assert not any(alive(p) for p in before[TOR].values())
     assert speaker_pids(lab, [TOR])[TOR] == {}
     assert nsenter(PREFIX, TOR, ['ls', '/etc/podnet', '/run'], check=False).split() == ['/etc/podnet:', '/run:', 'podnet']
     assert nsenter(PREFIX, TOR, ['sysctl', '-n', 'net.ipv4.conf.all.send_redirects']).strip() == '1'
-    rc, out = playbook('lab_tor.yml', lab['inv4'], extra=['-e', '{"podnet_routing": {"mode": "tunnel"}}'])
-    assert rc == 0 and recap(out)[TOR]['changed'] == 0, out
+    out = run_ok('lab_tor.yml', lab['inv4'], extra=tunnel)
+    assert recap(out)[TOR]['changed'] == 0, out
+    lab['state'] = 'absent'
 
 
-def test_zz_lab_down_leaves_no_daemon_and_no_namespace(lab):
-    rc, out = run(lab['inv4'])
-    assert rc == 0, out
-    wait_for('BGP convergence', lambda: converged(nodes(4)))
+def test_lab_down_leaves_no_daemon_and_no_namespace(lab):
+    # Every daemon running (4 BIRDs, the ToR's zebra and bgpd), then the lab goes.
+    ensure_bgp(lab, 4)
     running = speaker_pids(lab, nodes(4) + [TOR])
-    assert sum(len(v) for v in running.values()) == 6
-    rc, out = playbook('lab_down.yml', lab['inv4'])
-    assert rc == 0, out
-    assert not [p for p in lab['pids'] if alive(p)], 'daemons left: %s' % sorted(p for p in lab['pids'] if alive(p))
-    assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
-    assert not os.path.exists(os.path.join(LAB_ROOT, PREFIX))
+    assert sum(len(v) for v in running.values()) == 6, running
+    changing(lab)
+    lab['n'] = None
+    run_ok('lab_down.yml', lab['inv4'])
+    lab.update(state='down', n=0)
+    left = [p for m in running.values() for p in m.values() if same_process(p, lab['pids'][p])]
+    assert not left, 'daemons left: %s' % left
+    labutil.assert_lab_gone(PREFIX)
