@@ -7,7 +7,10 @@ as pod traffic would in native mode.
 
 Assertions are on kernel state inside the members (namespaces, links, addresses, routes with proto
 podnet (201), neighbours), on the responder process (PID, its network and mount namespaces), on real ping
-and TCP results, and on what lab teardown leaves. The tests run in file order and share the lab.
+and TCP results, and on what lab teardown leaves. The tests share one lab and each asks it for the
+state it needs (`phe.need(...)`): nodes set up without health endpoints, with them, or no lab at all;
+the lab is brought there when it is not known to be in that state (a test run alone, or after a test
+that failed midway). The file order only saves work.
 """
 import ipaddress
 import json
@@ -19,7 +22,7 @@ import labutil
 import pytest
 import yaml
 
-from labutil import LAB_ROOT, netns_names, nsenter, playbook, recap, write_lab_inventory
+from labutil import LAB_ROOT, nsenter, playbook, recap, run_ok, write_lab_inventory
 
 PREFIX = 'phe'
 NODES = ['node1', 'node2', 'node3']
@@ -68,21 +71,46 @@ def write_yaml(path, data):
     return str(path)
 
 
+class Lab(labutil.LabState):
+    """The phe lab (3 nodes, IPv4). States: 'bare' (lab_up, then SETUP: pod CIDRs and podnet_host,
+    no health endpoint), 'healthy' (then HEALTH: an endpoint and responder on every node), 'down'
+    (no phe lab: a test that builds its own)."""
+
+    def __init__(self, base):
+        labutil.LabState.__init__(self, self._build)
+        self.base = base
+        self.inv = write_lab_inventory(str(base / 'inv'), PREFIX, nodes=3)
+        self.setup = write_yaml(base / 'setup.yml', SETUP)
+        self.health = write_yaml(base / 'health.yml', HEALTH)
+
+    def _build(self, state, current):
+        if state == 'healthy' and current == 'bare':
+            run_ok(self.health, self.inv)
+            return
+        labutil.fresh(PREFIX)
+        if state == 'down':
+            return
+        run_ok('lab_up.yml', self.inv)
+        run_ok(self.setup, self.inv)
+        if state == 'healthy':
+            run_ok(self.health, self.inv)
+
+
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    base = tmp_path_factory.mktemp('health')
-    inv = write_lab_inventory(str(base / 'inv'), PREFIX, nodes=3)
+def phe(tmp_path_factory):
+    labutil.fresh(PREFIX)                           # whatever a killed earlier run left
     host_links = set(os.listdir('/sys/class/net'))
-    rc, out = playbook('lab_up.yml', inv)
-    assert rc == 0, out
+    lab = Lab(tmp_path_factory.mktemp('health'))
     try:
-        rc, out = playbook(write_yaml(base / 'setup.yml', SETUP), inv)
-        assert rc == 0, out
-        yield {'inv': inv, 'base': base, 'health': write_yaml(base / 'health.yml', HEALTH)}
+        yield lab
     finally:
-        playbook('lab_down.yml', inv)
-        assert not [n for n in netns_names() if n.startswith(PREFIX + '-')]
-        assert set(os.listdir('/sys/class/net')) == host_links
+        try:
+            if lab.state != 'down':
+                run_ok('lab_down.yml', lab.inv)
+            labutil.assert_lab_gone(PREFIX)
+        finally:
+            labutil.fresh(PREFIX)
+    assert set(os.listdir('/sys/class/net')) == host_links
 
 
 # --- reading a node --------------------------------------------------------------------------
@@ -204,9 +232,7 @@ def snapshot():
 
 
 def run_health(lab, *extra, check=False):
-    rc, out = playbook(lab['health'], lab['inv'], extra=list(extra), check=check)
-    assert rc == 0, out
-    return out
+    return run_ok(lab.health, lab.inv, extra=list(extra), check=check)
 
 
 def assert_endpoint(node):
@@ -241,25 +267,30 @@ def assert_endpoint(node):
 
 # --- tests -----------------------------------------------------------------------------------
 
-def test_check_mode_plans_and_changes_nothing(lab):
+def test_check_mode_plans_and_changes_nothing(phe):
+    phe.need('bare')
     before = snapshot()
-    out = run_health(lab, check=True)
+    out = run_health(phe, check=True)
     assert all(recap(out)[n]['changed'] >= 2 for n in NODES), out
     assert '+        name: lxc_health' in out and '+        - podnet-health-responder' in out   # the diff, shown
     assert snapshot() == before
     assert all(NETNS not in before[n]['netns'] and not before[n]['responders'] for n in NODES)
+    phe.keep()
 
 
-def test_role_creates_the_endpoint_and_sets_health_address(lab):
-    out = run_health(lab)
+def test_role_creates_the_endpoint_and_sets_health_address(phe):
+    phe.need('bare')
+    out = run_health(phe)
     assert all(recap(out)[n]['changed'] >= 2 for n in NODES), out
     facts = dict(re.findall(r'HEALTH (node\d) ([0-9.]+)', out))
     for n in NODES:
         ip, _pid = assert_endpoint(n)
         assert facts[n] == ip
+    phe.left('healthy')
 
 
-def test_the_node_answers_arp_for_the_router_and_reaches_the_endpoint(lab):
+def test_the_node_answers_arp_for_the_router_and_reaches_the_endpoint(phe):
+    phe.need('healthy')
     for n in NODES:
         router = router_of(n)
         ns_run(n, ['ip', 'neigh', 'flush', 'dev', 'eth0'])
@@ -271,18 +302,22 @@ def test_the_node_answers_arp_for_the_router_and_reaches_the_endpoint(lab):
                                     'import socket;s=socket.create_connection(("%s",4240),3);print(s.recv(99).decode())'
                                     % health_ip(n)])
         assert reply.strip() == 'podnet-health %s' % n
+    phe.keep()
 
 
-def test_second_run_changes_nothing(lab):
+def test_second_run_changes_nothing(phe):
+    phe.need('healthy')
     before = snapshot()
     inodes = dict((n, netns_inode(n)) for n in NODES)
-    out = run_health(lab)
+    out = run_health(phe)
     assert all(recap(out)[n]['changed'] == 0 for n in NODES), out
     assert snapshot() == before
     assert dict((n, netns_inode(n)) for n in NODES) == inodes
+    phe.keep()
 
 
 def _cross_routes():
+    """Temporary routes between the nodes' pod CIDRs (no routing role here); `replace`: idempotent."""
     leases = dict((n, lease_of(n)) for n in NODES)
     for n in NODES:
         for other in NODES:
@@ -292,27 +327,27 @@ def _cross_routes():
 
 
 def _probe(lab, name, targets, check=False, **opts):
-    outdir = lab['base'] / name
+    outdir = lab.base / name
     outdir.mkdir()
     extra = dict(opts)
     if targets is not None:
         extra['health_targets'] = targets
     vars_file = write_yaml(outdir / 'vars.yml', extra)
-    rc, out = playbook(write_yaml(outdir / 'probe.yml', probe_play(str(outdir))), lab['inv'],
-                       extra=['-e', '@' + vars_file], check=check)
-    assert rc == 0, out
+    run_ok(write_yaml(outdir / 'probe.yml', probe_play(str(outdir))), lab.inv,
+           extra=['-e', '@' + vars_file], check=check)
     results = {}
     for n in NODES:
         with open(str(outdir / ('%s.json' % n))) as f:
             results[n] = json.load(f)
-    return results, out
+    return results
 
 
-def test_every_pair_of_nodes_answers_ping_and_tcp_pod_to_pod(lab):
+def test_every_pair_of_nodes_answers_ping_and_tcp_pod_to_pod(phe):
+    phe.need('healthy')
     _cross_routes()
     t0 = time.monotonic()
     # No targets: the role probes every host of the play, reading their addresses from the nodes.
-    results, out = _probe(lab, 'all', None)
+    results = _probe(phe, 'all', None)
     assert time.monotonic() - t0 < 60
     for src in NODES:
         res = results[src]
@@ -328,16 +363,19 @@ def test_every_pair_of_nodes_answers_ping_and_tcp_pod_to_pod(lab):
     # so its endpoint learned its router's address and its node learned the endpoint's.
     for n in NODES:
         assert any(e['dst'] == health_ip(n) for e in ipj(n, 'neigh', 'show', 'dev', 'lxc_health'))
+    phe.keep()                                      # the routes are the tests' own, outside podnet's
 
 
-def test_unreachable_targets_fail_with_one_line_per_pair(lab):
+def test_unreachable_targets_fail_with_one_line_per_pair(phe):
+    phe.need('healthy')
+    _cross_routes()
     node3_cidr = ipaddress.ip_network(lease_of('node3')['cidrs']['ipv4'][0])
     ghost = str(node3_cidr.network_address + 250)     # in node3's pod CIDR, no endpoint holds it
     targets = [{'name': 'node2', 'address': health_ip('node2')},
                {'name': 'ghost', 'address': ghost},
                {'name': 'node2', 'address': health_ip('node3')}]    # reaches node3's endpoint, not node2's
     t0 = time.monotonic()
-    results, out = _probe(lab, 'ghost', targets, health_tcp_timeout=1.0, health_ping_timeout=1.0)
+    results = _probe(phe, 'ghost', targets, health_tcp_timeout=1.0, health_ping_timeout=1.0)
     assert time.monotonic() - t0 < 60
     res = results['node1']
     assert res['failed'] and not res['reachable'] and not res['changed']
@@ -350,18 +388,23 @@ def test_unreachable_targets_fail_with_one_line_per_pair(lab):
         assert line in res['msg']
     ok = [r for r in res['results'] if r['address'] == health_ip('node2')][0]
     assert ok['ping']['ok'] and ok['tcp']['ok']
+    phe.keep()
 
 
-def test_connectivity_probes_in_check_mode_too(lab):
+def test_connectivity_probes_in_check_mode_too(phe):
+    phe.need('healthy')
+    _cross_routes()
     targets = [{'name': n, 'address': health_ip(n)} for n in NODES]
     before = snapshot()
-    results, out = _probe(lab, 'check', targets, check=True)
+    results = _probe(phe, 'check', targets, check=True)
     for src in NODES:
         assert results[src]['reachable'] and all(r['tcp']['ok'] for r in results[src]['results'])
     assert snapshot() == before
+    phe.keep()
 
 
-def test_drift_is_reported_in_check_mode_and_repaired(lab):
+def test_drift_is_reported_in_check_mode_and_repaired(phe):
+    phe.need('healthy')
     old_pid = pidfile_pid('node2')
     ip2 = health_ip('node2')
     os.kill(old_pid, 15)                 # our responder, by PID
@@ -369,20 +412,22 @@ def test_drift_is_reported_in_check_mode_and_repaired(lab):
     nsenter(PREFIX, 'node2', ['ip', 'route', 'del', ip2, 'dev', 'lxc_health'])
     ns_run('node2', ['ip', 'link', 'set', 'eth0', 'mtu', '1400'])
     before = snapshot()
-    out = run_health(lab, check=True)
+    out = run_health(phe, check=True)
     assert recap(out)['node2']['changed'] >= 1 and recap(out)['node1']['changed'] == 0, out
     assert snapshot() == before and not responders('node2')
-    out = run_health(lab)
+    out = run_health(phe)
     assert recap(out)['node2']['changed'] >= 1 and recap(out)['node1']['changed'] == 0, out
     ip, pid = assert_endpoint('node2')
     assert ip == ip2 and pid != old_pid
-    out = run_health(lab)
+    out = run_health(phe)
     assert all(recap(out)[n]['changed'] == 0 for n in NODES), out
+    phe.keep()
 
 
-def test_absent_leaves_nothing(lab):
+def test_absent_leaves_nothing(phe):
+    phe.need('healthy')
     pids = dict((n, pidfile_pid(n)) for n in NODES)
-    out = run_health(lab, '-e', 'health_state=absent')
+    out = run_health(phe, '-e', 'health_state=absent')
     assert all(recap(out)[n]['changed'] >= 2 for n in NODES), out
     for n in NODES:
         assert gone(pids[n]) and not responders(n)
@@ -391,23 +436,17 @@ def test_absent_leaves_nothing(lab):
         assert not [r for r in routes(n) if r.get('protocol') == '201' and r.get('dev') == 'lxc_health']
         assert pidfile_pid(n) is None
         assert health_ip(n) is None                     # the IP went back to the node's pool
-    out = run_health(lab, '-e', 'health_state=absent')
+    out = run_health(phe, '-e', 'health_state=absent')
     assert all(recap(out)[n]['changed'] == 0 for n in NODES), out
+    phe.left('bare')
 
 
-def test_lab_down_leaves_no_responder_and_no_namespace(lab):
-    run_health(lab)
-    held = {}
-    for n in NODES:
-        ip, pid = assert_endpoint(n)
-        held[n] = (pid, netns_inode(n))
-    rc, out = playbook('lab_down.yml', lab['inv'])
-    assert rc == 0, out
-    assert not [x for x in netns_names() if x.startswith(PREFIX + '-')]
+def _assert_nothing_holds(held):
+    """After lab_down: no responder of `held` ({node: (pid, endpoint netns inode)}) survived, and
+    nothing on the machine still holds an endpoint namespace (a process in it or an open fd)."""
     inodes = set(ino for _pid, ino in held.values())
     for n, (pid, _ino) in held.items():
         assert gone(pid), '%s: responder %d survived lab teardown' % (n, pid)
-    # Nothing on the machine still holds an endpoint namespace (a process in it or an open fd).
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
@@ -418,7 +457,6 @@ def test_lab_down_leaves_no_responder_and_no_namespace(lab):
                 assert not any(target == 'net:[%d]' % i for i in inodes), (entry, target)
         except OSError:
             pass
-    assert not os.path.exists(os.path.join(LAB_ROOT, PREFIX))
 
 
 def _link_local(node, dev='eth0'):
@@ -429,23 +467,22 @@ def _link_local(node, dev='eth0'):
     raise AssertionError('%s: %s has no link-local address' % (node, dev))
 
 
-def test_dual_stack_endpoint_proxies_the_ipv6_router_and_answers_over_both_families(tmp_path):
-    """A 2-node dual-stack lab of its own (after the IPv4 lab is gone): IPv6 /128 on eth0, routes
-    through the node's IPv6 router IP, proxy NDP for it on lxc_health, probes over both families."""
+def test_dual_stack_endpoint_answers_over_both_families_and_lab_down_leaves_nothing(phe, tmp_path):
+    """A 2-node dual-stack lab of its own (the IPv4 lab goes first: same prefix): IPv6 /128 on eth0,
+    routes through the node's IPv6 router IP, proxy NDP for it on lxc_health, probes over both
+    families. Then lab_down ends the responders and leaves no namespace."""
+    phe.need('down')
     nodes = ['node1', 'node2']
     with open(os.path.join(labutil.REPO, 'inventories', 'lab', 'group_vars', 'all', 'cluster.yml')) as f:
         cluster = yaml.safe_load(f)
     cluster['podnet_ipam']['cluster_pool']['ipv6'] = {'cidrs': ['fd00:10::/104'], 'mask_size': 120}
     inv = write_lab_inventory(str(tmp_path / 'inv'), PREFIX, nodes=2,
                               cluster_vars=write_yaml(tmp_path / 'cluster.yml', cluster))
-    rc, out = playbook('lab_up.yml', inv)
-    assert rc == 0, out
     try:
-        rc, out = playbook(write_yaml(tmp_path / 'setup.yml', SETUP), inv)
-        assert rc == 0, out
+        run_ok('lab_up.yml', inv)
+        run_ok(write_yaml(tmp_path / 'setup.yml', SETUP), inv)
         health_yml = write_yaml(tmp_path / 'health.yml', HEALTH)
-        rc, out = playbook(health_yml, inv)
-        assert rc == 0, out
+        run_ok(health_yml, inv)
         addrs = {}
         for n in nodes:
             used = store_of(n)['used']
@@ -468,8 +505,11 @@ def test_dual_stack_endpoint_proxies_the_ipv6_router_and_answers_over_both_famil
             ns_run(n, ['ping', '-6', '-c', '1', '-W', '2', router6])
             neigh = [e for e in ipj(n, '-6', 'neigh', 'show', 'dev', 'eth0', endpoint=True) if e['dst'] == router6]
             assert neigh and neigh[0]['lladdr'] == link(n, 'lxc_health')['address']
-        rc, out = playbook(health_yml, inv)
-        assert rc == 0 and all(recap(out)[n]['changed'] == 0 for n in nodes), out
+            pid = pidfile_pid(n)
+            assert pid and responders(n) == [pid]
+            assert os.stat('/proc/%d/ns/net' % pid).st_ino == netns_inode(n)
+        out = run_ok(health_yml, inv)
+        assert all(recap(out)[n]['changed'] == 0 for n in nodes), out
         # Temporary routes between the two nodes (no routing role here): IPv6 via the other node's
         # link-local underlay address.
         for n, other in (('node1', 'node2'), ('node2', 'node1')):
@@ -480,8 +520,7 @@ def test_dual_stack_endpoint_proxies_the_ipv6_router_and_answers_over_both_famil
         outdir = tmp_path / 'probe'
         outdir.mkdir()
         # No targets: every host of the play, IPv4 and IPv6.
-        rc, out = playbook(write_yaml(outdir / 'probe.yml', probe_play(str(outdir))), inv)
-        assert rc == 0, out
+        run_ok(write_yaml(outdir / 'probe.yml', probe_play(str(outdir))), inv)
         for n in nodes:
             with open(str(outdir / ('%s.json' % n))) as f:
                 res = json.load(f)
@@ -489,7 +528,11 @@ def test_dual_stack_endpoint_proxies_the_ipv6_router_and_answers_over_both_famil
             assert sorted(r['address'] for r in res['results']) == sorted(a for n2 in nodes for a in addrs[n2])
             for r in res['results']:
                 assert r['ping']['received'] >= 1 and r['tcp']['reply'] == 'podnet-health %s' % r['name']
+        held = dict((n, (pidfile_pid(n), netns_inode(n))) for n in nodes)
+        assert all(pid and ino for pid, ino in held.values()), held
     finally:
-        rc, out = playbook('lab_down.yml', inv)
+        rc, out = playbook('lab_down.yml', inv)     # a failed test is cleaned up too (checked below)
     assert rc == 0, out
-    assert not [x for x in netns_names() if x.startswith(PREFIX + '-')]
+    labutil.assert_lab_gone(PREFIX)
+    _assert_nothing_holds(held)
+    phe.left('down')
