@@ -64,8 +64,8 @@ def error_text(error):
         if not text:
             text = args[1] if len(args) > 1 and isinstance(args[1], str) else os.strerror(code)
         filename = getattr(error, 'filename', None)
-        line = '%s%s (%s, errno %d)' % (text, ': %s' % filename if filename else '',
-                                       errno.errorcode.get(code, 'E?'), code)
+        where = ': %s' % filename if filename else ''
+        line = '%s%s (%s, errno %d)' % (text, where, errno.errorcode.get(code, 'E?'), code)
     else:
         line = str(error) or type(error).__name__
         if not type(error).__module__.startswith('ansible_collections.podnet.'):

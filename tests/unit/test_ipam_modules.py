@@ -174,8 +174,8 @@ def test_ipam_node_info_reports_lease_and_use_and_never_fails_on_bad_files(run, 
     r = run('ipam_node_info', args)
     assert r == dict(r, changed=False, lease=None, lease_error=None, usage={}, addresses=[], store_error=None)
     lp.write_text(json.dumps(lease()))
-    sp.write_text(json.dumps({'version': 1, 'used': {'10.244.1.3': {'owner': 'b'}, '10.244.1.2': {'owner': 'a'},
-                                                    '10.244.1.10': {'owner': 'c', 'pool': 'gpu'}}}))
+    used = {'10.244.1.3': {'owner': 'b'}, '10.244.1.2': {'owner': 'a'}, '10.244.1.10': {'owner': 'c', 'pool': 'gpu'}}
+    sp.write_text(json.dumps({'version': 1, 'used': used}))
     r = run('ipam_node_info', args, check=True)
     assert r['lease'] == lease() and r['lease_error'] is None and not r['changed']
     assert r['usage'] == {'default': {'ipv4': 2}, 'gpu': {'ipv4': 1}}

@@ -171,9 +171,13 @@ def test_rebuild_of_a_valid_ledger_writes_only_what_build_returns(path):
     current, new, aside = led.rebuild(lambda cur: rebuilt_doc(5))
     assert os.path.basename(aside).startswith('lab.json.replaced-') and open(aside, 'rb').read() == before
     assert led.read()['serial'] == 5
+
     # a build that fails writes nothing and keeps nothing aside
+    def refuse(current):
+        raise ValueError('conflict')
+
     with pytest.raises(ValueError):
-        led.rebuild(lambda cur: (_ for _ in ()).throw(ValueError('conflict')))
+        led.rebuild(refuse)
     assert len(os.listdir(os.path.dirname(path))) == 3
 
 
