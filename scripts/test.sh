@@ -4,7 +4,7 @@
 # so parallel jobs never interleave. At the end: a table of wall time per stage and per job.
 #
 #   PODNET_TEST_STAGES  stages to run (default: "static lab bench")
-#   PODNET_TEST_JOBS    jobs at once inside a stage (default 3; the machine has 2 cores and the lab
+#   PODNET_TEST_JOBS    jobs at once inside a stage (default 2; the machine has 2 cores and the lab
 #                       jobs spend much of their time waiting on packets, daemons and timeouts)
 #   PODNET_XDIST        pytest-xdist workers for the integration files (default 3, --dist loadfile)
 set -uo pipefail
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 LOGS=build/test-logs
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 STAGES=${PODNET_TEST_STAGES:-static lab bench}
-JOBS=${PODNET_TEST_JOBS:-3}
+JOBS=${PODNET_TEST_JOBS:-2}
 XDIST=${PODNET_XDIST:-3}
 MAKE="make --no-print-directory PODNET_BOOTSTRAPPED=1"
 SCENARIOS=$(cd molecule && for d in */molecule.yml; do echo "${d%/molecule.yml}"; done)
