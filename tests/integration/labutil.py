@@ -1,4 +1,5 @@
 """Helpers for tests that drive a real lab with ansible-playbook and read its kernel state."""
+import contextlib
 import json
 import os
 import re
@@ -219,3 +220,40 @@ class LabState:
     def keep(self):
         """The test changed nothing (or undid what it changed): the lab is as need() gave it."""
         self.state = self.had
+
+
+def adhoc(inventory, host, module, args, check=False, timeout=600):
+    """One module on one host (ansible ad-hoc with JSON output): (rc, that host's result dict)."""
+    e = env()
+    e['ANSIBLE_LOAD_CALLBACK_PLUGINS'] = '1'
+    e['ANSIBLE_STDOUT_CALLBACK'] = 'ansible.posix.json'
+    argv = [os.path.join(VENV_BIN, 'ansible'), '-i', inventory, host, '-m', module]
+    if args:
+        argv += ['-a', json.dumps(args)]   # ('{}' would be read as a free-form argument)
+    if check:
+        argv.append('--check')
+    p = subprocess.run(argv, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=timeout, check=False)
+    try:
+        doc = json.loads(p.stdout[p.stdout.index('{'):])
+        return p.returncode, doc['plays'][0]['tasks'][0]['hosts'][host]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError('ansible %s on %s: no JSON result (rc %d):\n%s\n%s'
+                             % (module, host, p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
+
+
+@contextlib.contextmanager
+def own_lab(prefix, directory, nodes=3, provision=False):
+    """A lab of its own for one test module: leftovers of `prefix` purged first, the lab up (and
+    provisioned with site.yml when asked), torn down and purged after. Yields the inventory."""
+    purge(prefix)
+    inv = write_lab_inventory(directory, prefix, nodes=nodes)
+    try:
+        run_ok('lab_up.yml', inv)
+        if provision:
+            run_ok('site.yml', inv)
+        yield inv
+    finally:
+        rc, out = playbook('lab_down.yml', inv)
+        purge(prefix)
+        assert rc == 0, 'lab_down.yml exited %d:\n%s' % (rc, out[-3000:])
