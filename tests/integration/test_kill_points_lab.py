@@ -1,9 +1,13 @@
 """kill -9 of site.yml at random moments, then reruns, on a real lab (prefix `prk`).
 
-First a clean converge of a fresh lab is timed (T) and its kernel objects recorded as the
-reference. Then each trial builds a fresh lab, starts site.yml in a process group of its own,
-kills the whole group with SIGKILL after a moment picked from [0, T) (stratified: trial i of N in
-[T*i/N, T*(i+1)/N), seeded, the seed printed), and checks that:
+First a clean converge of a fresh lab is timed (T, and when each task began) and its kernel
+objects recorded as the reference. Then each trial builds a fresh lab, starts site.yml in a process
+group of its own and kills the whole group with SIGKILL at a moment m picked from [0, T)
+(stratified: trial i of N in [T*i/N, T*(i+1)/N), seeded, the seed printed). The machine's load
+moves a run's speed a lot (2x between two runs is common here), so m is placed by progress, not by
+the clock: the trial waits for the task the clean converge was running at m, then for the time the
+clean converge had spent in it by m, scaled by how much slower or faster this run reached that
+task. Then it checks that:
 - no process of the killed run survives;
 - the rerun converges (rc 0; site.yml imports verify.yml, so verify passes in it), and a third run
   reports changed=0 on every node (and passes verify again);
@@ -16,13 +20,13 @@ kills the whole group with SIGKILL after a moment picked from [0, T) (stratified
 
 PODNET_KILL_TRIALS (default 3) sets the number of trials, PODNET_KILL_SEED replays a run.
 """
+import bisect
 import ipaddress
 import json
 import os
 import random
 import re
 import signal
-import subprocess
 import time
 
 import pytest
@@ -158,6 +162,48 @@ def last_task(log_path):
     return tasks[-1] if tasks else '(before the first task)'
 
 
+def _tasks_begun(log_path):
+    with open(log_path, errors='replace') as f:
+        return len(re.findall(r'^TASK \[', f.read(), re.M))
+
+
+def watched_run(inv, log_path, kill_when=None):
+    """site.yml in a process group of its own, its output in log_path. Records when each task
+    began (seconds from the start, one entry per TASK header). kill_when(elapsed, begun) -> True
+    kills the whole group with SIGKILL. Returns (rc, begun, killed at or None, duration, pgid)."""
+    begun = []
+    killed_at = None
+    with open(log_path, 'w') as out:
+        proc = start_playbook('site.yml', inv, log=out)
+        start = time.monotonic()
+        while proc.poll() is None:
+            elapsed = time.monotonic() - start
+            begun.extend([elapsed] * (_tasks_begun(log_path) - len(begun)))
+            if kill_when is not None and kill_when(elapsed, begun):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = elapsed
+                break
+            time.sleep(0.05)
+        rc = proc.wait()
+    return rc, begun, killed_at, time.monotonic() - start, proc.pid
+
+
+def kill_policy(moment, clean_begun):
+    """When to kill a run so that it stops where the clean converge was at `moment` seconds: in the
+    same task, as far into it, scaled by this run's speed up to that task."""
+    k = bisect.bisect_right(clean_begun, moment) - 1          # the task running at moment (-1: none yet)
+    t_k = clean_begun[k] if k >= 0 else 0.0
+    into = moment - t_k
+
+    def kill_when(elapsed, begun):
+        if len(begun) <= k:
+            return False
+        s_k = begun[k] if k >= 0 else 0.0
+        speed = min(4.0, max(0.25, s_k / t_k)) if t_k > 1 else 1.0
+        return elapsed >= s_k + into * speed
+    return kill_when, k + 1, into
+
+
 def fresh_lab(inv):
     purge(PREFIX)
     run_ok('lab_up.yml', inv)
@@ -165,19 +211,19 @@ def fresh_lab(inv):
 
 @pytest.fixture(scope='module')
 def clean(tmp_path_factory):
-    """A clean converge of a fresh lab: its duration, its ledger and its kernel objects."""
+    """A clean converge of a fresh lab: its duration, when each task began, its ledger and kernel objects."""
     base = tmp_path_factory.mktemp('kill')
     inv = write_lab_inventory(str(base / 'inv'), PREFIX)
     try:
         fresh_lab(inv)
-        start = time.monotonic()
-        run_ok('site.yml', inv)
-        duration = time.monotonic() - start
+        log = str(base / 'clean.log')
+        rc, begun, _killed, duration, _pgid = watched_run(inv, log)
+        assert rc == 0, open(log, errors='replace').read()[-6000:]
         with open(LEDGER) as f:
             doc = json.load(f)
         objs = lab_objects()
         assert all(objs[n]['processes'] == {'health responders': 1, 'other': []} for n in NODES), objs
-        yield {'inv': inv, 'base': base, 'duration': duration, 'ledger': doc, 'objects': objs}
+        yield {'inv': inv, 'base': base, 'duration': duration, 'begun': begun, 'ledger': doc, 'objects': objs}
         run_ok('lab_down.yml', inv)
         assert_lab_gone(PREFIX)
     finally:
@@ -190,8 +236,8 @@ def test_kill_9_at_random_moments_then_rerun_converges_and_leaks_nothing(clean):
     rng = random.Random(seed)
     period = clean['duration']
     moments = [round(period * (i + rng.random()) / TRIALS, 1) for i in range(TRIALS)]
-    print('\nkill points: seed %d, %d trials, clean converge %.1f s, kill at %s s'
-          % (seed, TRIALS, period, ', '.join('%.1f' % m for m in moments)))
+    print('\nkill points: seed %d, %d trials, clean converge %.1f s (%d tasks), moments %s s'
+          % (seed, TRIALS, period, len(clean['begun']), ', '.join('%.1f' % m for m in moments)))
     inv = clean['inv']
     failures = []
     for i, moment in enumerate(moments):
@@ -199,21 +245,17 @@ def test_kill_9_at_random_moments_then_rerun_converges_and_leaks_nothing(clean):
         problems = []
         try:
             fresh_lab(inv)
-            with open(log, 'w') as out:
-                proc = start_playbook('site.yml', inv, log=out)
-                try:
-                    rc = proc.wait(timeout=moment)
-                    killed = False
-                except subprocess.TimeoutExpired:   # still running, as wanted
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    rc = proc.wait()
-                    killed = True
+            kill_when, task_no, into = kill_policy(moment, clean['begun'])
+            rc, _begun, killed_at, _duration, pgid = watched_run(inv, log, kill_when)
             deadline = time.monotonic() + 15
-            while group_alive(proc.pid) and time.monotonic() < deadline:
+            while group_alive(pgid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if group_alive(proc.pid):
-                problems.append('processes of the killed run survived in group %d' % proc.pid)
-            where = last_task(log) if killed else 'finished first (rc %d)' % rc
+            if group_alive(pgid):
+                problems.append('processes of the killed run survived in group %d' % pgid)
+            if killed_at is None:
+                where = 'not killed: the run finished first (rc %d)' % rc
+            else:
+                where = 'killed at %.1f s during task %d [%s]' % (killed_at, _tasks_begun(log), last_task(log))
             start = time.monotonic()
             run_ok('site.yml', inv)
             rerun = time.monotonic() - start
@@ -223,13 +265,14 @@ def test_kill_9_at_random_moments_then_rerun_converges_and_leaks_nothing(clean):
                 problems.append('third run changed %s' % changed)
             problems += check_ledger_and_leases(clean['ledger'])
             problems += diff_objects(lab_objects(), clean['objects'])
-            print('trial %d: kill at %.1f s during %s; rerun converged in %.1f s; third run changed %s; %s'
-                  % (i + 1, moment, where, rerun, changed, 'OK' if not problems else '; '.join(problems)))
+            print('trial %d: moment %.1f s (task %d + %.1f s of the clean converge), %s; rerun converged in %.1f s; '
+                  'third run changed %s; %s' % (i + 1, moment, task_no, into, where, rerun, changed,
+                                                'OK' if not problems else '; '.join(problems)))
         except AssertionError as e:
             problems.append(str(e)[-3000:])
-            print('trial %d: kill at %.1f s: FAILED %s' % (i + 1, moment, str(e)[-3000:]))
+            print('trial %d: moment %.1f s: FAILED %s' % (i + 1, moment, str(e)[-3000:]))
         if problems:
-            failures.append('trial %d (seed %d, kill at %.1f s, log %s): %s' % (i + 1, seed, moment, log, '; '.join(problems)))
+            failures.append('trial %d (seed %d, moment %.1f s, log %s): %s' % (i + 1, seed, moment, log, '; '.join(problems)))
             failures[-1] += '\n' + open(log, errors='replace').read()[-3000:]
     assert not failures, '\n\n'.join(failures)
 
