@@ -25,18 +25,18 @@ t0=$(date +%s)
 run_jobs() {
   local stage=$1; shift
   local -A pid_of=() start_of=()
-  local queue=("$@") running=0 spec name cmd pid rc
-  finish_one() {
-    local done_pid
-    wait -n -p done_pid "${pid_of[@]}" 2>/dev/null; rc=$?
-    for name in "${!pid_of[@]}"; do
-      [ "${pid_of[$name]}" = "$done_pid" ] || continue
-      local secs=$(( $(date +%s) - start_of[$name] ))
-      echo; echo "==================== $stage / $name: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in ${secs}s"
-      cat "$LOGS/$name.log"
-      rows+=("$stage|$name|$secs|$([ $rc = 0 ] && echo ok || echo "FAILED ($rc)")")
-      [ $rc = 0 ] || failed=1
-      unset "pid_of[$name]"
+  local queue=("$@") running=0 spec name cmd
+  finish_one() {   # its own variables: it runs inside run_jobs' loop (bash scoping is dynamic)
+    local done_pid job secs jrc
+    wait -n -p done_pid "${pid_of[@]}" 2>/dev/null; jrc=$?
+    for job in "${!pid_of[@]}"; do
+      [ "${pid_of[$job]}" = "$done_pid" ] || continue
+      secs=$(( $(date +%s) - start_of[$job] ))
+      echo; echo "==================== $stage / $job: $([ $jrc = 0 ] && echo passed || echo "FAILED (exit $jrc)") in ${secs}s"
+      cat "$LOGS/$job.log"
+      rows+=("$stage|$job|$secs|$([ $jrc = 0 ] && echo ok || echo "FAILED ($jrc)")")
+      [ $jrc = 0 ] || failed=1
+      unset "pid_of[$job]"
     done
     running=$((running - 1))
   }
