@@ -31,9 +31,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import contextlib
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import ipaddress
@@ -45,11 +42,10 @@ import struct
 import subprocess
 import time
 
-from ansible_collections.podnet.fabric.plugins.module_utils import netlink
+from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import NTF_PROXY, RTPROT_PODNET
 
 SCOPE_LINK = 253
-CLONE_NEWNET = 0x40000000
 IFA_F_NODAD = 0x02
 
 DEFAULT_NETNS = 'podnet-health'
@@ -466,43 +462,6 @@ def failures(source, results, ping=True, tcp=True):
 # Root: namespaces, the responder, reading and applying
 # ---------------------------------------------------------------------------------------------
 
-_LIBC = []
-
-
-def _libc():
-    if not _LIBC:
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True))
-    return _LIBC[0]
-
-
-def _setns(fd):
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, 'setns: %s' % os.strerror(err))
-
-
-@contextlib.contextmanager
-def in_netns(path):
-    """Run the block in the network namespace at `path` (this thread), then come back.
-
-    Sockets keep the namespace they were created in, so a probe creates its sockets in here
-    and uses them after returning.
-    """
-    home = os.open('/proc/self/ns/net', os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-
-
 def inode(path):
     try:
         return os.stat(path).st_ino
@@ -574,26 +533,6 @@ def read_responder(netns, pidfile):
     return out
 
 
-def _link_view(ipr, link):
-    linkinfo = link.get_attr('IFLA_LINKINFO')
-    addrs = [netlink.address_text(a) for a in ipr.get_addr(index=link['index'])
-             if a.get_attr('IFA_ADDRESS') and not a.get_attr('IFA_ADDRESS').startswith('fe80:')]
-    return {
-        'name': link.get_attr('IFLA_IFNAME'),
-        'index': link['index'],
-        'kind': linkinfo.get_attr('IFLA_INFO_KIND') if linkinfo else None,
-        'mtu': link.get_attr('IFLA_MTU'),
-        'up': bool(link['flags'] & 1),
-        'link': link.get_attr('IFLA_LINK'),
-        'addresses': sorted(addrs),
-    }
-
-
-def _get_link(ipr, name):
-    idx = ipr.link_lookup(ifname=name)
-    return _link_view(ipr, ipr.get_links(idx[0])[0]) if idx else None
-
-
 def _route_view(r, dev_name):
     dst = r.get_attr('RTA_DST')
     if dst:
@@ -614,70 +553,16 @@ def _routes(ipr, dev_name):
 
 
 def read_sysctl(key):
+    """A sysctl as an int (None when missing or not a number)."""
+    value = sysctl.read(key)
     try:
-        with open('/proc/sys/' + key.replace('.', '/')) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+        return int(value)
+    except (TypeError, ValueError):
         return None
 
 
-def write_sysctl(key, value):
-    with open('/proc/sys/' + key.replace('.', '/'), 'w') as f:
-        f.write('%d\n' % value)
-
-
-def proxy_neighbours(ifindex):
-    """IPv6 proxy neighbour entries on a link (`ip -6 neigh show proxy`), sorted.
-
-    A raw RTM_GETNEIGH dump: the kernel lists proxy entries only when the request's ndmsg carries
-    NTF_PROXY, and pyroute2 0.9 cannot put flags into a dump request.
-    """
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)   # NETLINK_ROUTE
-    out = []
-    try:
-        sock.bind((0, 0))
-        body = struct.pack('=BBHiHBB', socket.AF_INET6, 0, 0, 0, 0, NTF_PROXY, 0)
-        sock.send(struct.pack('=IHHII', 16 + len(body), 30, 0x301, 1, 0) + body)  # RTM_GETNEIGH, REQUEST|DUMP
-        done = False
-        while not done:
-            data = sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                length, kind = struct.unpack_from('=IH', data, off)
-                if length < 16:
-                    done = True
-                    break
-                if kind == 3:                      # NLMSG_DONE
-                    done = True
-                elif kind == 2:                    # NLMSG_ERROR
-                    err = -struct.unpack_from('=i', data, off + 16)[0]
-                    if err:
-                        raise OSError(err, 'proxy neighbour dump: %s' % os.strerror(err))
-                    done = True
-                elif kind == 28:                   # RTM_NEWNEIGH
-                    _fam, _p1, _p2, idx, _st, flags, _t = struct.unpack_from('=BBHiHBB', data, off + 16)
-                    pos = off + 28
-                    while pos + 4 <= off + length:
-                        alen, atype = struct.unpack_from('=HH', data, pos)
-                        if alen < 4:
-                            break
-                        if atype == 1 and alen == 20 and idx == ifindex and flags & NTF_PROXY:   # NDA_DST
-                            out.append(socket.inet_ntop(socket.AF_INET6, data[pos + 4:pos + 20]))
-                        pos += (alen + 3) & ~3
-                off += (length + 3) & ~3
-    finally:
-        sock.close()
-    return sorted(out)
-
-
 def arp_ignore(device):
-    vals = []
-    for conf in ('all', device):
-        try:
-            with open('/proc/sys/net/ipv4/conf/%s/arp_ignore' % conf) as f:
-                vals.append(int(f.read().strip()))
-        except (OSError, ValueError):
-            pass
+    vals = [v for v in (read_sysctl('net.ipv4.conf.%s.arp_ignore' % conf) for conf in ('all', device)) if v is not None]
     return max(vals) if vals else None
 
 
@@ -685,16 +570,16 @@ def read(ipr_factory, netns, device, pidfile):
     """The realized state. ipr_factory(netns_name or None) opens an IPRoute (node or endpoint)."""
     out = empty_realized(netns, pidfile)
     with ipr_factory(None) as ipr:
-        out['device'] = _get_link(ipr, device)
+        out['device'] = netlink.get_link(ipr, device)
         out['node_routes'] = _routes(ipr, device)
     if out['device'] is not None:
-        out['proxy_ndp'] = proxy_neighbours(out['device']['index'])
+        out['proxy_ndp'] = netlink.proxy_neighbours(out['device']['index'])
         out['sysctls'] = dict((key % device, read_sysctl(key % device)) for key in PROXY_SYSCTLS)
     if netns_exists(netns):
         out['netns'].update(exists=True, inode=inode(netns_path(netns)))
         with ipr_factory(netns) as nipr:
-            out['peer'] = _get_link(nipr, PEER)
-            lo = _get_link(nipr, 'lo')
+            out['peer'] = netlink.get_link(nipr, PEER)
+            lo = netlink.get_link(nipr, 'lo')
             out['lo_up'] = bool(lo and lo['up'])
             out['routes'] = _routes(nipr, PEER)
     out['responder'] = read_responder(netns, pidfile)
@@ -790,7 +675,7 @@ def apply_action(ipr_factory, python, netns, a):
         with ipr_factory(a['netns'] if kind == 'delete_peer' else None) as ipr:
             netlink.delete_link(ipr, a['name'])
     elif kind == 'set_sysctl':
-        write_sysctl(a['key'], a['value'])
+        sysctl.write(a['key'], a['value'])
     elif kind in ('add_proxy', 'del_proxy'):
         with ipr_factory(None) as ipr:
             idx = ipr.link_lookup(ifname=a['name'])
@@ -926,7 +811,7 @@ def probe(netns, targets, ping=True, tcp=True, ping_count=3, ping_interval=0.2, 
 
     path = netns_path(netns)
     socks = []
-    with in_netns(path):
+    with netlink.in_netns(path):
         for t in targets:
             fam = socket.AF_INET6 if ':' in t['address'] else socket.AF_INET
             icmp = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_ICMP if fam == socket.AF_INET

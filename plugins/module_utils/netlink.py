@@ -8,7 +8,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import ctypes
+import ctypes.util
 import errno
+import os
+import socket
+import struct
 import traceback
 
 try:
@@ -125,15 +131,11 @@ def link_kind_supported(kind):
     and a driver that is a loadable module gets loaded as it would for real use. Reading
     /proc/config.gz or /sys/module would miss modules not yet loaded and kernels without config.
     """
-    import ctypes
-    import os
-
     pid = os.fork()
     if pid == 0:   # child: never returns
         code = 3
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.unshare(CLONE_NEWNET) != 0:
+            if _libc().unshare(CLONE_NEWNET) != 0:
                 os._exit(2)
             with IPRoute() as ipr:
                 ipr.link('add', ifname='probe0', kind=kind, **_PROBE_ATTRS.get(kind, {}))
@@ -283,3 +285,86 @@ def delete_link(ipr, name):
 def delete_address(ipr, index, text):
     """Delete the address(es) a link view shows as `text` ('ip/prefixlen') on link `index`."""
     return delete_matching(ipr, 'addr', lambda m: address_text(m) == text, index=index)
+
+
+# --- network namespaces and the raw dumps pyroute2 cannot make ---------------------------------------
+
+_LIBC = []
+
+
+def _libc():
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True))
+    return _LIBC[0]
+
+
+def _setns(fd):
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'setns: %s' % os.strerror(err))
+
+
+@contextlib.contextmanager
+def in_netns(path):
+    """Run the block in the network namespace at `path` (this thread), then come back.
+
+    Sockets keep the namespace they were created in, so a probe creates its sockets in here
+    and uses them after returning.
+    """
+    home = os.open('/proc/self/ns/net', os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def proxy_neighbours(ifindex):
+    """IPv6 proxy neighbour entries on a link (`ip -6 neigh show proxy`), sorted.
+
+    A raw RTM_GETNEIGH dump: the kernel lists proxy entries only when the request's ndmsg carries
+    NTF_PROXY, and pyroute2 0.9 cannot put flags into a dump request.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)   # NETLINK_ROUTE
+    out = []
+    try:
+        sock.bind((0, 0))
+        body = struct.pack('=BBHiHBB', socket.AF_INET6, 0, 0, 0, 0, NTF_PROXY, 0)
+        sock.send(struct.pack('=IHHII', 16 + len(body), 30, 0x301, 1, 0) + body)  # RTM_GETNEIGH, REQUEST|DUMP
+        done = False
+        while not done:
+            data = sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from('=IH', data, off)
+                if length < 16:
+                    done = True
+                    break
+                if kind == 3:                      # NLMSG_DONE
+                    done = True
+                elif kind == 2:                    # NLMSG_ERROR
+                    err = -struct.unpack_from('=i', data, off + 16)[0]
+                    if err:
+                        raise OSError(err, 'proxy neighbour dump: %s' % os.strerror(err))
+                    done = True
+                elif kind == 28:                   # RTM_NEWNEIGH
+                    _fam, _p1, _p2, idx, _st, flags, _t = struct.unpack_from('=BBHiHBB', data, off + 16)
+                    pos = off + 28
+                    while pos + 4 <= off + length:
+                        alen, atype = struct.unpack_from('=HH', data, pos)
+                        if alen < 4:
+                            break
+                        if atype == 1 and alen == 20 and idx == ifindex and flags & NTF_PROXY:   # NDA_DST
+                            out.append(socket.inet_ntop(socket.AF_INET6, data[pos + 4:pos + 20]))
+                        pos += (alen + 3) & ~3
+                off += (length + 3) & ~3
+    finally:
+        sock.close()
+    return sorted(out)

@@ -121,15 +121,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import netlink
-
-
-def _sysctl(name):
-    try:
-        with open('/proc/sys/' + name.replace('.', '/')) as f:
-            return f.read().strip()
-    except (IOError, OSError):
-        return None
+from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
 
 
 def _bpffs_mounted(path):
@@ -173,7 +165,7 @@ def main():
                     headers_ok=os.path.isdir(os.path.join(headers, 'include')),
                     link_kinds=dict((k, netlink.link_kind_supported(k)) for k in module.params['link_kinds'])
                     if netlink.HAS_PYROUTE2 else {}),
-        sysctls=dict((s, _sysctl(s)) for s in module.params['sysctls']),
+        sysctls=dict((s, sysctl.read(s)) for s in module.params['sysctls']),
         bpffs=_bpffs_mounted(module.params['bpffs']),
         python=_python_libs(),
         paths=dict((p, {'exists': os.path.exists(p), 'size': os.path.getsize(p) if os.path.isfile(p) else None})
