@@ -63,7 +63,7 @@ lines:
   elements: dict
   sample: [{area: routing, object: route_add dst=10.244.1.0/24 gateway=192.168.50.12, expected: present, found: missing}]
 text:
-  description: The node's report as text (C(<node>: no drift), or a count and one line per object).
+  description: "The node's report as text: C(<node>: no drift), or a count and one line per object."
   returned: always
   type: str
 '''

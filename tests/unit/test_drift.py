@@ -29,12 +29,12 @@ def test_a_node_modules_plan_becomes_one_line_per_object():
 
 
 def test_other_tasks_name_their_file_or_loop_item():
-    lines, _ = drift.node_report('node2', {
+    lines = drift.node_report('node2', {
         'sysctl file': {'changed': True, 'dest': '/etc/sysctl.d/90-podnet.conf'},
         'sysctls': {'changed': True, 'results': [
             {'changed': False, 'item': {'key': 'net.ipv4.ip_forward', 'value': 1}},
             {'changed': True, 'item': {'key': 'net.ipv4.conf.all.rp_filter', 'value': 0}}]},
-    })
+    })[0]
     assert [(l['area'], l['object']) for l in lines] == [
         ('sysctl file', '/etc/sysctl.d/90-podnet.conf'), ('sysctls', 'net.ipv4.conf.all.rp_filter')]
 
