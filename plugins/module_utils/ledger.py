@@ -43,9 +43,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import copy
-import errno
-import fcntl
 import gc
 import json
 import os
@@ -236,29 +235,6 @@ class _FileDoc:
         # No lock needed: os.replace is atomic, a reader sees the old or the new document.
         return self._read()[0]
 
-    def _lock(self):
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise LedgerError('%s: cannot open the lock file: %s' % (self.lock_path, e))
-        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except (IOError, OSError) as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise LedgerError('%s: cannot lock: %s' % (self.lock_path, e))
-            if deadline is not None and time.monotonic() >= deadline:
-                os.close(fd)
-                raise LedgerError('%s: timed out after %.0f s waiting for the ledger lock (another run holds it)'
-                                  % (self.lock_path, self.lock_timeout))
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.05)
-
     def _clean_temps(self):
         # Under the exclusive lock no other writer exists: leftovers are from crashed writers.
         prefix = '.' + self.base + '.'
@@ -283,17 +259,24 @@ class _FileDoc:
         except statefile.StateFileError as e:
             raise LedgerError(str(e))
 
-    def update(self, fn):
-        fd = self._lock()
+    @contextlib.contextmanager
+    def _locked(self):
+        """The ledger's exclusive lock (statefile's one lock-wait loop), its errors as LedgerError."""
         try:
+            with statefile.lock_file(self.lock_path, timeout=self.lock_timeout,
+                                     what='the ledger lock (another run holds it)'):
+                yield
+        except statefile.StateFileError as e:
+            raise LedgerError(str(e))
+
+    def update(self, fn):
+        with self._locked():
             self._clean_temps()
             old, data = self._read()
             new, changed = _apply(fn, old, data, self._validate)
             if changed:
                 self._write(new)
             return new, changed
-        finally:
-            os.close(fd)  # closing the descriptor releases the flock
 
     def inspect(self, inspect):
         return inspect(self._read_bytes())
@@ -301,8 +284,7 @@ class _FileDoc:
     def replace(self, build, inspect):
         """Under the lock: current = inspect(stored bytes); new = build(current); when new is not
         None, keep the stored file aside (hard link) and write new. (current, new, aside path)."""
-        fd = self._lock()
-        try:
+        with self._locked():
             self._clean_temps()
             current = inspect(self._read_bytes())
             new = build(current)
@@ -316,8 +298,6 @@ class _FileDoc:
                         raise LedgerError(str(e))
                 self._write(new)
             return current, new, aside
-        finally:
-            os.close(fd)
 
 
 class _Ledger(object):

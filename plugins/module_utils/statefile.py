@@ -28,6 +28,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import tempfile
 import time
 
@@ -174,12 +175,15 @@ def _holder_of(fd):
 
 
 @contextlib.contextmanager
-def lock_file(lock_path, timeout=120.0, holder=None):
+def lock_file(lock_path, timeout=120.0, holder=None, what='the lock'):
     """Hold an exclusive flock on the file `lock_path` (created with its directory) for the block.
 
+    The one lock-wait loop (node lock, state files, the file ledger): non-blocking attempts with a
+    jittered backoff from 1 ms to 50 ms, so contenders spread out; timeout None waits for ever.
     holder: one line saying who holds it, written into the file while it is held and emptied
-    before it is released; a waiter that times out names it in its StateFileError. The fd is not
-    inherited by children (daemons started under the lock must not keep it).
+    before it is released; a waiter that times out names it in its StateFileError (`what` names the
+    lock in that message). The fd is not inherited by children (daemons started under the lock must
+    not keep it).
     """
     try:
         os.makedirs(os.path.dirname(os.path.abspath(lock_path)), mode=0o755, exist_ok=True)
@@ -187,7 +191,8 @@ def lock_file(lock_path, timeout=120.0, holder=None):
     except OSError as e:
         raise StateFileError('%s: cannot open the lock file: %s' % (lock_path, e))
     try:
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,11 +200,12 @@ def lock_file(lock_path, timeout=120.0, holder=None):
             except (IOError, OSError) as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise StateFileError('%s: cannot lock: %s' % (lock_path, e))
-            if time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 other = _holder_of(fd) if holder is not None else ''
-                raise StateFileError('%s: timed out after %g s waiting for the lock%s'
-                                     % (lock_path, timeout, ', held by ' + other if other else ''))
-            time.sleep(0.01)
+                raise StateFileError('%s: timed out after %g s waiting for %s%s'
+                                     % (lock_path, timeout, what, ', held by ' + other if other else ''))
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
         if holder is not None:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (holder.replace('\n', ' ') + '\n').encode('utf-8'), 0)
