@@ -43,6 +43,7 @@ import subprocess
 import time
 
 from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import list_diff
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import NTF_PROXY, RTPROT_PODNET
 
 SCOPE_LINK = 253
@@ -126,10 +127,6 @@ class HealthError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Pure: input normalization, desired state, plan, projection
 # ---------------------------------------------------------------------------------------------
-
-def family_key(address):
-    return 'ipv6' if ':' in address else 'ipv4'
-
 
 def normalize_addresses(addresses):
     """{'ipv4': 'a.b.c.d/32', 'ipv6': 'x::y/128'} from a list of addresses (bare or host prefixes).
@@ -231,13 +228,9 @@ def sort_routes(routes):
     return sorted(routes, key=lambda r: (r['dst'], r['gateway'] or '', r['dev'] or ''))
 
 
-def _diff(want, have):
-    return [w for w in want if w not in have], [h for h in have if h not in want]
-
-
 def _route_diff(want, have):
-    """Like _diff, ordered so that a gateway's link route is added before and removed after it."""
-    add, remove = _diff(want, have)
+    """Like list_diff, ordered so that a gateway's link route is added before and removed after it."""
+    add, remove = list_diff(want, have)
     return (sorted(add, key=lambda r: r['gateway'] is not None),
             sorted(remove, key=lambda r: r['gateway'] is None))
 
@@ -295,7 +288,7 @@ def plan(desired, realized):
         actions.append({'action': 'up', 'side': 'endpoint', 'name': 'lo'})
 
     # New addresses before old ones go: removing a device's last IPv4 address flushes its routes.
-    add, remove = _diff(desired['addresses'], peer['addresses'] if peer else [])
+    add, remove = list_diff(desired['addresses'], peer['addresses'] if peer else [])
     actions += [{'action': 'add_address', 'address': a} for a in add]
     actions += [{'action': 'del_address', 'address': a} for a in remove]
 
@@ -315,7 +308,7 @@ def plan(desired, realized):
         for key, value in sorted(PROXY_SYSCTLS.items()):
             if sysctls.get(key % desired['device']) != value:
                 actions.append({'action': 'set_sysctl', 'key': key % desired['device'], 'value': value})
-    add, remove = _diff(desired['proxy_ndp'], have)
+    add, remove = list_diff(desired['proxy_ndp'], have)
     actions += [{'action': 'del_proxy', 'address': a, 'name': desired['device']} for a in remove]
     actions += [{'action': 'add_proxy', 'address': a, 'name': desired['device']} for a in add]
 

@@ -50,6 +50,8 @@ import ipaddress
 import re
 import socket
 
+from ansible_collections.podnet.fabric.plugins.module_utils.ipfamily import family_of
+
 FAMILIES = ('ipv4', 'ipv6')
 MAX_BITS = {'ipv4': 32, 'ipv6': 128}
 DEFAULT_POOL = 'default'
@@ -65,10 +67,6 @@ class IpamError(Exception):
 
 # ------------------------------------------------------------------------------------------
 # small helpers
-
-
-def family_of(text):
-    return 'ipv6' if ':' in text else 'ipv4'
 
 
 def _parse_fast(text):

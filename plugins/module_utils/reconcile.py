@@ -188,8 +188,10 @@ def holder_line(module):
 
 
 def list_diff(want, have):
-    """(to_add, to_remove) between two iterables, order-stable."""
-    want_l = list(want)
-    have_s = set(have)
-    want_s = set(want_l)
-    return [w for w in want_l if w not in have_s], [h for h in have if h not in want_s]
+    """(to_add, to_remove) between two iterables, order-stable; items may be unhashable (dicts)."""
+    want_l, have_l = list(want), list(have)
+    try:
+        want_s, have_s = set(want_l), set(have_l)
+    except TypeError:              # dicts: compare by equality (the lists are short)
+        want_s, have_s = want_l, have_l
+    return [w for w in want_l if w not in have_s], [h for h in have_l if h not in want_s]

@@ -35,7 +35,7 @@ __metaclass__ = type
 
 import ipaddress
 
-from ansible_collections.podnet.fabric.plugins.module_utils import netlink
+from ansible_collections.podnet.fabric.plugins.module_utils import ipfamily, netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import IFF_UP, RTPROT_PODNET
 
 VXLAN_DEVICE = 'podnet_vxlan'
@@ -392,12 +392,12 @@ def apply_action(ipr, a):
         if kind == 'fdb_del':
             netlink.delete_matching(ipr, 'fdb', lambda f: _fdb_view(f, idx, a['dev']) == _target(a), ifindex=idx)
         else:
-            family = netlink.AF_INET6 if ':' in a['dst'] else netlink.AF_INET
+            family = ipfamily.af_of(a['dst'])
             netlink.delete_matching(ipr, 'neigh', lambda n: _neigh_view(n, a['dev']) == _target(a),
                                     family=family, ifindex=idx)
     elif kind == 'route_del':
         names = _names(ipr)
-        family = netlink.AF_INET6 if ':' in a['dst'] else netlink.AF_INET
+        family = ipfamily.af_of(a['dst'])
         netlink.delete_matching(ipr, 'route', lambda r: _route_view(r, names) == _target(a),
                                 family=family, table=254, proto=RTPROT_PODNET)
     else:  # pragma: no cover - plan() only emits the kinds above

@@ -167,7 +167,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import health, netlink
+from ansible_collections.podnet.fabric.plugins.module_utils import health, ipfamily, netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
@@ -238,7 +238,7 @@ def main():
     result['arp_ignore'] = health.arp_ignore(p['device'])
     if p['state'] == 'present':
         held = (after.get('peer') or {}).get('addresses') or desired['addresses']
-        by_fam = dict((health.family_key(a), a.split('/', 1)[0]) for a in held)
+        by_fam = dict((ipfamily.family_of(a), a.split('/', 1)[0]) for a in held)
         result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu, port=p['port'])
         if 'ipv4' in by_fam and result['arp_ignore'] not in (None, 0):
             module.warn('%s: net.ipv4.conf arp_ignore is %s: the node will not answer ARP for the router IP %s '

@@ -153,7 +153,7 @@ import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ipfamily, statefile
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
@@ -174,7 +174,7 @@ def plan_present(store, lease, endpoint_id, family, labels):
     warnings = []
     for fam in families:
         for ip, rec in sorted(_held(store, endpoint_id).items()):
-            if ipam.family_of(ip) == fam and rec.get('pool', ipam.DEFAULT_POOL) != pool:
+            if ipfamily.family_of(ip) == fam and rec.get('pool', ipam.DEFAULT_POOL) != pool:
                 raise ipam.IpamError("endpoint %s holds %s from pool '%s', not '%s'; release it "
                                      "(state=absent) to move it" % (endpoint_id, ip, rec.get('pool'), pool))
         new, ip = ipam.plan_endpoint_ip(new, blocks.get(fam) or [], endpoint_id, fam, pool=pool)
@@ -191,7 +191,7 @@ def plan_absent(store, endpoint_id, family):
     """Pure: (new_store, pool, actions) for an endpoint that must hold no addresses (of family)."""
     used = (store or {}).get('used') or {}
     new, released = ipam.release_endpoint_ip(store, endpoint_id, family)
-    actions = [{'action': 'release', 'family': ipam.family_of(ip), 'ip': ip,
+    actions = [{'action': 'release', 'family': ipfamily.family_of(ip), 'ip': ip,
                 'pool': (used[ip] or {}).get('pool')} for ip in released]
     pools = sorted(set(a['pool'] for a in actions if a['pool']))
     return new, (pools[0] if len(pools) == 1 else None), actions
@@ -280,7 +280,7 @@ def main():
     result.pop('state')
     result.update(
         pool=planned['pool'],
-        ips=dict((ipam.family_of(ip), ip) for ip in sorted(_held(after, endpoint))),
+        ips=dict((ipfamily.family_of(ip), ip) for ip in sorted(_held(after, endpoint))),
         released=[a['ip'] for a in result['plan'] if a['action'] == 'release'],
         usage=ipam.store_usage(after),
         node_used=ipam.store_crd_used(after),
