@@ -178,31 +178,55 @@ def _log_tail(path, limit=2000):
         return ''
 
 
-def stop(pid, argv, timeout):
-    """SIGTERM, wait up to `timeout` s, then SIGKILL. Returns 'term' or 'kill' (how it ended)."""
-    def alive():
-        cmd = proc_argv(pid)
-        return cmd is not None and same_program(cmd, argv)
-
+def alive(pid):
+    """Whether pid is a process that still runs (not gone, not a zombie)."""
     try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return 'term'
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not alive():
-            return 'term'
-        time.sleep(POLL)
-    if alive():
+        with open('/proc/%d/stat' % pid) as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+    except (IOError, OSError, IndexError):
+        return False
+    return state not in ('Z', 'X')
+
+
+def terminate(pids, ours, grace):
+    """The one stop loop: SIGTERM each of pids that is ours, wait up to `grace` s for them to end,
+    then SIGKILL those still ours. ours(pid) -> bool is asked again before every signal, so a PID
+    that now belongs to another process is never signalled. Returns the PIDs that needed SIGKILL."""
+    pids = [p for p in pids if ours(p)]
+    for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
-        deadline = time.time() + 5
-        while alive() and time.time() < deadline:
-            time.sleep(POLL)
-        if alive():
-            raise DaemonError('pid %d survived SIGKILL' % pid)
+    deadline = time.time() + grace
+    left = [p for p in pids if ours(p)]
+    while left and time.time() < deadline:
+        time.sleep(POLL)
+        left = [p for p in left if ours(p)]
+    killed = []
+    for pid in left:
+        if ours(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+    return killed
+
+
+def stop(pid, argv, timeout):
+    """SIGTERM, wait up to `timeout` s, then SIGKILL. Returns 'term' or 'kill' (how it ended)."""
+    def ours(p):
+        cmd = proc_argv(p)
+        return cmd is not None and same_program(cmd, argv)
+
+    if not terminate([pid], ours, timeout):
+        return 'term'
+    deadline = time.time() + 5
+    while ours(pid) and time.time() < deadline:
+        time.sleep(POLL)
+    if ours(pid):
+        raise DaemonError('pid %d survived SIGKILL' % pid)
     return 'kill'
 
 

@@ -36,13 +36,12 @@ import hashlib
 import ipaddress
 import os
 import select
-import signal
 import socket
 import struct
 import subprocess
 import time
 
-from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
+from ansible_collections.podnet.fabric.plugins.module_utils import daemon, netlink, sysctl
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import list_diff
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import NTF_PROXY, RTPROT_PODNET
 
@@ -473,41 +472,16 @@ def netns_exists(name):
     return st.st_dev != parent.st_dev
 
 
-def _cmdline(pid):
-    try:
-        with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            return [a.decode('utf-8', 'replace') for a in f.read().split(b'\0')[:-1]]
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ('Z', 'X')
-
-
 def _is_responder(cmdline):
     return bool(cmdline) and len(cmdline) >= 4 and cmdline[1] == '-c' and cmdline[3] == MARK
 
 
-def _read_pidfile(path):
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
 def read_responder(netns, pidfile):
-    pid = _read_pidfile(pidfile)
+    pid = daemon.read_pidfile(pidfile)
     out = {'pid': None, 'running': False, 'ours': False, 'args': None, 'netns_inode': None,
            'pidfile': pidfile, 'pidfile_exists': os.path.exists(pidfile), 'strays': []}
-    if pid and _alive(pid):
-        cmd = _cmdline(pid)
+    if pid:
+        cmd = daemon.proc_argv(pid)
         if _is_responder(cmd):
             out.update(pid=pid, ours=True, args=cmd[3:], netns_inode=inode('/proc/%d/ns/net' % pid))
             ns_ino = inode(netns_path(netns))
@@ -518,9 +492,9 @@ def read_responder(netns, pidfile):
     for entry in os.listdir('/proc'):
         if not entry.isdigit() or int(entry) in (out['pid'], os.getpid()):
             continue
-        cmd = _cmdline(int(entry))
+        cmd = daemon.proc_argv(int(entry))     # None: gone, or a zombie
         if (_is_responder(cmd) and len(cmd) >= 6 and cmd[5] == netns_path(netns)
-                and inode('/proc/%s/ns/mnt' % entry) == my_mnt and _alive(int(entry))):
+                and inode('/proc/%s/ns/mnt' % entry) == my_mnt):
             out['strays'].append(int(entry))
     out['strays'].sort()
     return out
@@ -580,23 +554,8 @@ def read(ipr_factory, netns, device, pidfile):
 
 
 def stop_pids(pids, grace=3.0):
-    for pid in pids:
-        if _is_responder(_cmdline(pid)):   # never signal a PID that is no longer a responder
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-    deadline = time.time() + grace
-    alive = [p for p in pids if _alive(p)]
-    while alive and time.time() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if _alive(p)]
-    for pid in alive:
-        if _is_responder(_cmdline(pid)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    """Stop responders (a PID that no longer runs a responder is never signalled)."""
+    daemon.terminate(pids, lambda pid: _is_responder(daemon.proc_argv(pid)), grace)
 
 
 def start_responder(python, netns, port, node_name, pidfile, timeout=10.0):

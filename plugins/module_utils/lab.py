@@ -28,6 +28,8 @@ import signal
 import subprocess
 import time
 
+from ansible_collections.podnet.fabric.plugins.module_utils import daemon
+
 LAB_ROOT = '/run/podnet-lab'
 NETNS_DIR = '/run/netns'
 PREFIX_RE = re.compile(r'^[a-z][a-z0-9]{1,5}$')
@@ -283,21 +285,8 @@ def member_pids(prefix, name):
 
 
 def _stop_pids(pids, grace=3.0):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
-    deadline = time.time() + grace
-    alive = list(pids)
-    while alive and time.time() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if os.path.exists('/proc/%d' % p)]
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    # Every process in a member's namespaces is ours (the lab made the namespaces).
+    daemon.terminate(pids, daemon.alive, grace)
 
 
 def _umount(path):

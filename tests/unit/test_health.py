@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.podnet.fabric.plugins.module_utils import health
+from ansible_collections.podnet.fabric.plugins.module_utils import daemon, health
 
 HealthError = health.HealthError
 PIDFILE = '/run/podnet/health-podnet-health.pid'
@@ -349,7 +349,7 @@ def test_responder_answers_one_line_and_removes_its_pidfile_on_sigterm(tmp_path)
                         break
                     data += chunk
             assert data == b'podnet-health nodeX\n'
-        cmd = health._cmdline(proc.pid)
+        cmd = daemon.proc_argv(proc.pid)
         assert health._is_responder(cmd) and cmd[3:] == argv[3:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
