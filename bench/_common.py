@@ -6,7 +6,7 @@ build/collections/ansible_collections/podnet/fabric -> repo root if it is missin
 tests/conftest.py does), so module_utils import each other as `ansible_collections.podnet.fabric...`.
 A benchmark's child processes are the benchmark script itself, which imports this module first.
 The bench does not import the test tree; the lab helpers below mirror tests/integration/labutil.py
-(env, playbook, purge) and use module_utils/lab.py for everything it already knows (nsenter, purge).
+(playbook, purge) and use module_utils/lab.py for everything it already knows (env, nsenter, purge).
 """
 from __future__ import print_function
 
@@ -94,15 +94,7 @@ def need_tools(*names):
 # ---------------------------------------------------------------- driving a lab
 
 def env():
-    e = dict(os.environ)
-    e['PATH'] = VENV_BIN + ':' + e.get('PATH', '')
-    e['ANSIBLE_CONFIG'] = os.path.join(ROOT, 'ansible.cfg')
-    e['ANSIBLE_PYTHON_INTERPRETER'] = os.path.join(VENV_BIN, 'python')
-    e['ANSIBLE_FORCE_COLOR'] = '0'
-    e['ANSIBLE_NOCOLOR'] = '1'
-    e.pop('PODNET_LAB_PREFIX', None)
-    e.pop('PODNET_LAB_NODES', None)
-    return e
+    return lab_utils.checkout_env(ROOT)
 
 
 def playbook(name, inventory, *extra, timeout=900):

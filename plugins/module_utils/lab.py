@@ -81,6 +81,26 @@ def ns_files(prefix, name):
     }
 
 
+# The variables that pick a lab when an inventory leaves its prefix or node count unset.
+LAB_ENV = ('PODNET_LAB_PREFIX', 'PODNET_LAB_NODES')
+
+
+def checkout_env(root, base=None):
+    """The environment for ansible-playbook run from the checkout at `root` (its venv, ansible.cfg
+    and no colour), without LAB_ENV: the tests and benchmarks name their lab in the inventory they
+    pass, and a developer's PODNET_LAB_PREFIX must not redirect them."""
+    venv_bin = os.path.join(root, '.venv', 'bin')
+    e = dict(os.environ if base is None else base)
+    e['PATH'] = venv_bin + ':' + e.get('PATH', '')
+    e['ANSIBLE_CONFIG'] = os.path.join(root, 'ansible.cfg')
+    e['ANSIBLE_PYTHON_INTERPRETER'] = os.path.join(venv_bin, 'python')
+    e['ANSIBLE_FORCE_COLOR'] = '0'
+    e['ANSIBLE_NOCOLOR'] = '1'
+    for name in LAB_ENV:
+        e.pop(name, None)
+    return e
+
+
 def nsenter_argv(prefix, name, argv):
     f = ns_files(prefix, name)
     return ['nsenter', '--net=' + f['net'], '--mount=' + f['mnt'], '--uts=' + f['uts'], '--'] + list(argv)

@@ -5,21 +5,15 @@ import os
 import re
 import subprocess
 
+from ansible_collections.podnet.fabric.plugins.module_utils import lab
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(REPO, '.venv', 'bin')
 LAB_ROOT = '/run/podnet-lab'
 
 
 def env():
-    e = dict(os.environ)
-    e['PATH'] = VENV_BIN + ':' + e.get('PATH', '')
-    e['ANSIBLE_CONFIG'] = os.path.join(REPO, 'ansible.cfg')
-    e['ANSIBLE_PYTHON_INTERPRETER'] = os.path.join(VENV_BIN, 'python')
-    e['ANSIBLE_FORCE_COLOR'] = '0'
-    e['ANSIBLE_NOCOLOR'] = '1'
-    e.pop('PODNET_LAB_PREFIX', None)
-    e.pop('PODNET_LAB_NODES', None)
-    return e
+    return lab.checkout_env(REPO)
 
 
 def write_lab_inventory(directory, prefix, nodes=3, cluster_vars=None):
@@ -126,9 +120,8 @@ def mountpoints():
 def purge(prefix):
     """Remove whatever a previous (killed) run left of lab `prefix`: processes in its members,
     mounts, namespaces, the underlay and its state dir. Only that prefix is touched."""
-    from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
-    realized = lab_utils.read(prefix)
-    lab_utils.apply(prefix, None, lab_utils.plan(None, realized))
+    realized = lab.read(prefix)
+    lab.apply(prefix, None, lab.plan(None, realized))
     leftovers = [n for n in netns_names() if n.startswith(prefix + '-')]
     assert not leftovers, 'lab %s: could not remove %s' % (prefix, leftovers)
 
