@@ -136,6 +136,14 @@ mode:
   returned: when the node has a lease
   type: str
   sample: multi-pool
+router_ips:
+  description:
+    - The router IPs of the node's pod CIDRs (from the lease, IPv4 first): the gateway an endpoint's
+      default route points at, so a play needs no separate read of the lease.
+  returned: always
+  type: list
+  elements: str
+  sample: [10.244.0.1]
 ledger:
   description: What the controller recorded (action plugin part), C(updated) and where.
   returned: when O(update_ledger=true) and not in check mode
@@ -285,6 +293,7 @@ def main():
         usage=ipam.store_usage(after),
         node_used=ipam.store_crd_used(after),
         mode=(lease or {}).get('mode'),
+        router_ips=ipam.lease_router_ips(lease) if lease else [],
     )
     module.exit_json(**result)
 

@@ -14,7 +14,10 @@ version_added: 0.1.0
 description:
   - Reports what podnet cares about on a node, read from the kernel and the filesystem, changing
     nothing - links and their addresses, routes podnet owns (protocol 201), sysctls, whether bpffs is
-    mounted, the kernel headers bcc needs, and the Python libraries the node modules need.
+    mounted, the kernel headers bcc needs, the Python libraries the node modules need, the OS
+    (C(/etc/os-release)), C(/etc/fstab), and small configuration files.
+  - One run answers every check a play makes of a node, so the site run reads each node once
+    instead of gathering facts and probing per role.
   - Used by C(playbooks/verify.yml), the prerequisites role's checks, and the tests.
 author:
   - podnet.fabric maintainers (@podnet)
@@ -41,6 +44,14 @@ options:
     default: []
   paths:
     description: Files to report on (exists, size); for example the node's leases under C(/var/lib/podnet).
+    type: list
+    elements: path
+    default: []
+  files:
+    description:
+      - Small configuration files to read whole (content, mode, owner), so that a play can leave a
+        file alone when it is already as wanted without running a module per file.
+      - Content is read as UTF-8 text up to 64 KiB; a larger or unreadable file reports C(content) null.
     type: list
     elements: path
     default: []
@@ -112,11 +123,31 @@ paths:
   description: For each of O(paths), whether it exists and its size.
   returned: always
   type: dict
+files:
+  description:
+    - For each of O(files), its C(content) (null when missing, not a regular file, unreadable or over
+      64 KiB), C(mode) (octal string), C(uid) and C(gid); all null when the file does not exist.
+  returned: always
+  type: dict
+  sample: {/etc/iproute2/rt_protos.d/podnet.conf: {content: "201 podnet\n", mode: '0644', uid: 0, gid: 0}}
+os:
+  description: The OS from C(/etc/os-release) (C(id) and the list C(id_like)); C(id) null when unknown.
+  returned: always
+  type: dict
+  sample: {id: debian, id_like: []}
+fstab:
+  description: The entries of C(/etc/fstab) (C(src), C(path), C(fstype), C(opts), C(dump), C(passno)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{src: bpffs, path: /sys/fs/bpf, fstype: bpf, opts: 'rw,nosuid', dump: '0', passno: '0'}]
 '''
 
 import os
 import platform
+import re
 import socket
+import stat
 import sys
 
 from ansible.module_utils.basic import AnsibleModule
@@ -133,16 +164,75 @@ def _bpffs_mounted(path):
     return False
 
 
-def _python_libs():
-    out = {'interpreter': sys.executable, 'pyroute2': None, 'bcc': None}
-    if netlink.HAS_PYROUTE2:
-        out['pyroute2'] = netlink.pyroute2.__version__
+def _bcc_version():
+    """bcc's version from its package files: importing bcc loads libbcc (tens of ms) for nothing."""
+    import importlib.util
     try:
-        import bcc  # noqa: F401 pylint: disable=unused-import
-        out['bcc'] = getattr(bcc, '__version__', 'unknown')
-    except Exception:  # bcc raises more than ImportError when its shared library is broken
-        pass
+        spec = importlib.util.find_spec('bcc')
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), 'version.py')) as f:
+            found = re.search(r'''__version__\s*=\s*['"]([^'"]+)['"]''', f.read())
+    except (IOError, OSError):
+        found = None
+    return found.group(1) if found else 'unknown'
+
+
+def _python_libs():
+    return {'interpreter': sys.executable,
+            'pyroute2': netlink.pyroute2.__version__ if netlink.HAS_PYROUTE2 else None,
+            'bcc': _bcc_version()}
+
+
+FILE_MAX = 65536
+
+
+def _file(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return dict(content=None, mode=None, uid=None, gid=None)
+    out = dict(content=None, mode='%04o' % stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid)
+    if stat.S_ISREG(st.st_mode) and st.st_size <= FILE_MAX:
+        try:
+            with open(path, 'rb') as f:
+                out['content'] = f.read().decode('utf-8')
+        except (OSError, IOError, UnicodeDecodeError):
+            pass
     return out
+
+
+def _os_release(path='/etc/os-release'):
+    values = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.strip().partition('=')
+                if sep:
+                    values[key] = value.strip().strip('"\'')
+    except (IOError, OSError):
+        pass
+    return dict(id=values.get('ID'), id_like=values.get('ID_LIKE', '').split())
+
+
+FSTAB_FIELDS = ('src', 'path', 'fstype', 'opts', 'dump', 'passno')
+
+
+def _fstab(path='/etc/fstab'):
+    entries = []
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split('#', 1)[0].split()
+                if len(fields) >= 3:
+                    fields += ['defaults', '0', '0'][len(fields) - 3:]
+                    entries.append(dict(zip(FSTAB_FIELDS, fields)))
+    except (IOError, OSError):
+        pass
+    return entries
 
 
 def main():
@@ -153,6 +243,7 @@ def main():
             paths=dict(type='list', elements='path', default=[]),
             underlay_ip=dict(type='str'),
             link_kinds=dict(type='list', elements='str', default=[]),
+            files=dict(type='list', elements='path', default=[]),
         ),
         supports_check_mode=True,
     )
@@ -170,6 +261,9 @@ def main():
         python=_python_libs(),
         paths=dict((p, {'exists': os.path.exists(p), 'size': os.path.getsize(p) if os.path.isfile(p) else None})
                    for p in module.params['paths']),
+        files=dict((p, _file(p)) for p in module.params['files']),
+        os=_os_release(),
+        fstab=_fstab(),
         links={},
         routes=[],
     )

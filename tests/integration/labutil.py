@@ -3,7 +3,9 @@ import contextlib
 import json
 import os
 import re
+import resource
 import subprocess
+import time
 
 from ansible_collections.podnet.fabric.plugins.module_utils import lab
 
@@ -29,14 +31,34 @@ def write_lab_inventory(directory, prefix, nodes=3, cluster_vars=None):
     return directory
 
 
+@contextlib.contextmanager
+def _cost(what):
+    """With PODNET_PLAYLOG=<file>: one JSON line per ansible run (the test, what ran, its wall and
+    CPU seconds), to find where the suite's time goes (the suite is CPU-bound on 2 cores)."""
+    log = os.environ.get('PODNET_PLAYLOG')
+    if not log:
+        yield
+        return
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    try:
+        yield
+    finally:
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(log, 'a') as f:
+            f.write(json.dumps({'test': os.environ.get('PYTEST_CURRENT_TEST', '').rsplit(' ', 1)[0],
+                                'run': what, 'wall': round(time.monotonic() - t0, 2),
+                                'cpu': round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2)}) + '\n')
+
+
 def playbook(name, *inventories, extra=(), check=False, timeout=600, env_extra=None):
     """Run a playbook of playbooks/ (or a path) on inventories: (rc, output). env_extra adds
     variables to env() (which drops PODNET_LAB_PREFIX/NODES)."""
     e = env()
     e.update(env_extra or {})
-    p = subprocess.run(playbook_argv(name, *inventories, extra=extra, check=check), cwd=REPO, env=e,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-                       timeout=timeout, check=False)
+    with _cost('%s %s%s' % (os.path.basename(name), ' '.join(extra), ' --check' if check else '')):
+        p = subprocess.run(playbook_argv(name, *inventories, extra=extra, check=check), cwd=REPO, env=e,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                           timeout=timeout, check=False)
     return p.returncode, p.stdout
 
 
@@ -225,8 +247,9 @@ def adhoc(inventory, host, module, args, check=False, timeout=600):
         argv += ['-a', json.dumps(args)]   # ('{}' would be read as a free-form argument)
     if check:
         argv.append('--check')
-    p = subprocess.run(argv, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True, timeout=timeout, check=False)
+    with _cost('adhoc %s %s' % (module, host)):
+        p = subprocess.run(argv, cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=timeout, check=False)
     try:
         doc = json.loads(p.stdout[p.stdout.index('{'):])
         return p.returncode, doc['plays'][0]['tasks'][0]['hosts'][host]
