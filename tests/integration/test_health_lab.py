@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
 SETUP = [
     {'name': 'Validate', 'hosts': 'localhost', 'gather_facts': False,
      'tasks': [{'name': 'Validate', 'podnet.fabric.validate': {}}]},
-    {'name': 'Nodes', 'hosts': 'podnet_nodes', 'gather_facts': True, 'gather_subset': ['min'],
+    {'name': 'Nodes', 'hosts': 'podnet_nodes', 'gather_facts': False,
      'roles': [{'role': 'podnet.fabric.node_prereqs'}, {'role': 'podnet.fabric.ipam'},
                {'role': 'podnet.fabric.host_device',
                 'vars': {'host_device_addresses': '{{ ipam_router_addresses | default(none) }}'}}]},

@@ -39,7 +39,7 @@ from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_ut
 from ansible_collections.podnet.fabric.plugins.module_utils import ledger as ledger_utils
 
 PREFIX = 'prk'
-NODES = ['node1', 'node2', 'node3']
+NODES = ['node1', 'node2']
 LEDGER = os.path.join(LAB_ROOT, PREFIX, 'ledger.json')
 LEASE = '/var/lib/podnet/ipam/lease.json'
 TRIALS = int(os.environ.get('PODNET_KILL_TRIALS') or 3)
@@ -213,7 +213,7 @@ def fresh_lab(inv):
 def clean(tmp_path_factory):
     """A clean converge of a fresh lab: its duration, when each task began, its ledger and kernel objects."""
     base = tmp_path_factory.mktemp('kill')
-    inv = write_lab_inventory(str(base / 'inv'), PREFIX)
+    inv = write_lab_inventory(str(base / 'inv'), PREFIX, nodes=len(NODES))
     try:
         fresh_lab(inv)
         log = str(base / 'clean.log')
