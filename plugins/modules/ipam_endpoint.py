@@ -138,8 +138,8 @@ mode:
   sample: multi-pool
 router_ips:
   description:
-    - The router IPs of the node's pod CIDRs (from the lease, IPv4 first): the gateway an endpoint's
-      default route points at, so a play needs no separate read of the lease.
+    - The router IPs of the node's pod CIDRs, read from the lease, IPv4 first. An endpoint's default
+      route points at one of them, so a play needs no separate read of the lease.
   returned: always
   type: list
   elements: str
