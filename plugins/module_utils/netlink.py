@@ -8,14 +8,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import socket
 import struct
 import traceback
+
+from ansible_collections.podnet.fabric.plugins.module_utils.netns import CLONE_NEWNET, libc
 
 try:
     # Modules use netlink.IPRoute: one import site for the optional dependency.
@@ -120,7 +119,6 @@ _PROBE_ATTRS = {
     'veth': {'peer': 'probe1'},
     'dummy': {},
 }
-CLONE_NEWNET = 0x40000000
 
 
 def link_kind_supported(kind):
@@ -135,7 +133,7 @@ def link_kind_supported(kind):
     if pid == 0:   # child: never returns
         code = 3
         try:
-            if _libc().unshare(CLONE_NEWNET) != 0:
+            if libc().unshare(CLONE_NEWNET) != 0:
                 os._exit(2)
             with IPRoute() as ipr:
                 ipr.link('add', ifname='probe0', kind=kind, **_PROBE_ATTRS.get(kind, {}))
@@ -287,44 +285,7 @@ def delete_address(ipr, index, text):
     return delete_matching(ipr, 'addr', lambda m: address_text(m) == text, index=index)
 
 
-# --- network namespaces and the raw dumps pyroute2 cannot make ---------------------------------------
-
-_LIBC = []
-
-
-def _libc():
-    if not _LIBC:
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library('c') or None, use_errno=True))
-    return _LIBC[0]
-
-
-def _setns(fd):
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, 'setns: %s' % os.strerror(err))
-
-
-@contextlib.contextmanager
-def in_netns(path):
-    """Run the block in the network namespace at `path` (this thread), then come back.
-
-    Sockets keep the namespace they were created in, so a probe creates its sockets in here
-    and uses them after returning.
-    """
-    home = os.open('/proc/self/ns/net', os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
-
+# --- the raw dumps pyroute2 cannot make -----------------------------------------------------------
 
 def proxy_neighbours(ifindex):
     """IPv6 proxy neighbour entries on a link (`ip -6 neigh show proxy`), sorted.

@@ -134,16 +134,16 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import health
+from ansible_collections.podnet.fabric.plugins.module_utils import netns, probe
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             targets=dict(type='list', elements='dict', required=True),
-            netns=dict(type='str', default=health.DEFAULT_NETNS),
+            netns=dict(type='str', default=probe.DEFAULT_NETNS),
             node_name=dict(type='str'),
-            port=dict(type='int', default=health.DEFAULT_PORT),
+            port=dict(type='int', default=probe.DEFAULT_PORT),
             ping=dict(type='bool', default=True),
             tcp=dict(type='bool', default=True),
             ping_count=dict(type='int', default=3),
@@ -159,20 +159,20 @@ def main():
     if p['ping_count'] < 1 or p['ping_interval'] < 0 or p['ping_timeout'] <= 0 or p['tcp_timeout'] <= 0:
         module.fail_json(msg='ping_count must be at least 1 and the timeouts positive')
     try:
-        targets = health.normalize_targets(p['targets'], p['port'])
-    except health.HealthError as e:
+        targets = probe.normalize_targets(p['targets'], p['port'])
+    except probe.ProbeError as e:
         module.fail_json(msg=str(e))
-    if not health.netns_exists(p['netns']):
+    if not netns.netns_exists(p['netns']):
         module.fail_json(msg='%s: the health endpoint %s does not exist on this node (no %s); run the '
-                             'podnet.fabric.health role first' % (source, p['netns'], health.netns_path(p['netns'])),
+                             'podnet.fabric.health role first' % (source, p['netns'], netns.netns_path(p['netns'])),
                          source=source, results=[], unreachable=[], reachable=False)
     try:
-        results = health.probe(p['netns'], targets, ping=p['ping'], tcp=p['tcp'], ping_count=p['ping_count'],
-                               ping_interval=p['ping_interval'], ping_timeout=p['ping_timeout'],
-                               tcp_timeout=p['tcp_timeout'])
+        results = probe.probe(p['netns'], targets, ping=p['ping'], tcp=p['tcp'], ping_count=p['ping_count'],
+                              ping_interval=p['ping_interval'], ping_timeout=p['ping_timeout'],
+                              tcp_timeout=p['tcp_timeout'])
     except OSError as e:
         module.fail_json(msg='%s: cannot probe from %s: %s' % (source, p['netns'], e))
-    lines = health.failures(source, results, ping=p['ping'], tcp=p['tcp'])
+    lines = probe.failures(source, results, ping=p['ping'], tcp=p['tcp'])
     out = dict(changed=False, source=source, results=results, unreachable=lines, reachable=not lines)
     if lines and p['fail_on_unreachable']:
         probes = len(results) * (int(p['ping']) + int(p['tcp']))

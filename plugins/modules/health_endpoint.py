@@ -167,7 +167,7 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import health, ipfamily, netlink
+from ansible_collections.podnet.fabric.plugins.module_utils import health, ipfamily, netlink, probe
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
@@ -181,14 +181,14 @@ def _ipr(ns):
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            netns=dict(type='str', default=health.DEFAULT_NETNS),
+            netns=dict(type='str', default=probe.DEFAULT_NETNS),
             device=dict(type='str', default=health.DEFAULT_DEVICE),
             addresses=dict(type='list', elements='str'),
             router=dict(type='str'),
             router_ipv6=dict(type='str'),
             mtu=dict(type='int', default=0),
             host_device=dict(type='str', default='podnet_host'),
-            port=dict(type='int', default=health.DEFAULT_PORT),
+            port=dict(type='int', default=probe.DEFAULT_PORT),
             node_name=dict(type='str'),
             pid_dir=dict(type='path', default=health.PID_DIR),
             state=dict(type='str', choices=['present', 'absent'], default='present'),

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.podnet.fabric.plugins.module_utils import daemon, health
+from ansible_collections.podnet.fabric.plugins.module_utils import daemon, health, netns
 
 HealthError = health.HealthError
 PIDFILE = '/run/podnet/health-podnet-health.pid'
@@ -262,62 +262,6 @@ def test_projection_is_a_fixed_point_of_the_plan(realized):
     assert health.plan(absent, gone) == []
 
 
-# --- connectivity pieces -----------------------------------------------------------------------
-
-def test_icmp_echo_request_has_a_valid_checksum_and_replies_parse():
-    pkt = health.echo_request(socket.AF_INET, 0x1234, 7)
-    assert pkt[0] == 8 and health.checksum(pkt) == 0
-    reply = bytearray(pkt)
-    reply[0] = 0
-    ip_header = bytes([0x45]) + bytes(19)
-    assert health.parse_echo_reply(socket.AF_INET, ip_header + bytes(reply)) == (0x1234, 7)
-    assert health.parse_echo_reply(socket.AF_INET, ip_header + pkt) is None     # our own request
-    v6 = health.echo_request(socket.AF_INET6, 9, 1)
-    assert v6[0] == 128 and v6[2:4] == b'\0\0'     # the kernel fills the ICMPv6 checksum
-    assert health.parse_echo_reply(socket.AF_INET6, bytes([129]) + v6[1:]) == (9, 1)
-    assert health.parse_echo_reply(socket.AF_INET6, b'\x81') is None
-
-
-def test_reply_must_name_the_expected_node():
-    assert health.check_reply('podnet-health node3', 'node3') is None
-    assert health.check_reply('podnet-health node2', 'node3') == 'answered as node2, expected node3'
-    assert health.check_reply('', 'node3') == 'closed without a reply'
-    assert 'unexpected reply' in health.check_reply('SSH-2.0-OpenSSH', 'node3')
-
-
-def test_targets_are_validated_and_deduplicated():
-    t = health.normalize_targets([{'name': 'node2', 'address': '10.244.1.7/32'},
-                                  {'name': 'node2', 'address': '10.244.1.7'},
-                                  {'name': 'node3', 'address': 'fd00::7', 'port': 5000}], 4240)
-    assert t == [{'name': 'node2', 'address': '10.244.1.7', 'port': 4240},
-                 {'name': 'node3', 'address': 'fd00::7', 'port': 5000}]
-    with pytest.raises(HealthError, match=r'targets\[0\]: needs name and address'):
-        health.normalize_targets([{'address': '10.0.0.1'}], 4240)
-    with pytest.raises(HealthError, match=r'targets\[0\] \(n\): address'):
-        health.normalize_targets([{'name': 'n', 'address': 'nope'}], 4240)
-
-
-def test_failures_list_every_unreachable_pair():
-    ok = {'ok': True}
-    results = [
-        {'name': 'node2', 'address': '10.244.1.7', 'port': 4240, 'ping': dict(ok, sent=3, received=3),
-         'tcp': dict(ok, reply='podnet-health node2')},
-        {'name': 'node3', 'address': '10.244.2.5', 'port': 4240, 'ping': {'ok': False, 'sent': 3, 'received': 0},
-         'tcp': {'ok': False, 'error': 'timed out'}},
-        {'name': 'node4', 'address': '10.244.3.5', 'port': 4240, 'ping': {'ok': False, 'error': 'network is unreachable'},
-         'tcp': {'ok': False, 'error': 'answered as node5, expected node4'}},
-    ]
-    assert health.failures('node1', results) == [
-        'node1 -> node3 (10.244.2.5): ping no echo reply (0 of 3)',
-        'node1 -> node3 (10.244.2.5): tcp 4240 timed out',
-        'node1 -> node4 (10.244.3.5): ping network is unreachable',
-        'node1 -> node4 (10.244.3.5): tcp 4240 answered as node5, expected node4',
-    ]
-    assert health.failures('node1', results, ping=False) == [
-        'node1 -> node3 (10.244.2.5): tcp 4240 timed out',
-        'node1 -> node4 (10.244.3.5): tcp 4240 answered as node5, expected node4']
-
-
 # --- the responder, for real, on loopback ------------------------------------------------------
 
 def test_responder_source_compiles():
@@ -364,7 +308,7 @@ def test_responder_answers_one_line_and_removes_its_pidfile_on_sigterm(tmp_path)
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='setns needs root')
 def test_start_responder_reports_why_it_did_not_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(health, 'NETNS_DIR', str(tmp_path))
+    monkeypatch.setattr(netns, 'NETNS_DIR', str(tmp_path))
     t0 = time.time()
     with pytest.raises(HealthError, match='did not start.*No such file'):
         health.start_responder(sys.executable, 'missing', 4240, 'nodeX', str(tmp_path / 'p' / 'r.pid'))
