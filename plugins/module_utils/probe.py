@@ -174,6 +174,7 @@ def _tcp_probe(sock, address, port, name, timeout):
     why = check_reply(reply, name)
     return {'ok': why is None, 'reply': reply, 'error': why, 'ms': round((time.time() - start) * 1000.0, 3)}
 
+
 def probe(netns, targets, ping=True, tcp=True, ping_count=3, ping_interval=0.2, ping_timeout=2.0,
           tcp_timeout=2.0, workers=16):
     """Probe every target from inside the endpoint's network namespace; one result per target."""

@@ -1,4 +1,4 @@
-"""Health endpoints and pod-to-pod connectivity on a real 3-node lab (prefix `phe`).
+"""Health endpoints and pod-to-pod connectivity on a real 2-node lab (prefix `phe`).
 
 Each node gets its pod CIDR from IPAM (validate, node_prereqs, ipam and host_device, as site.yml
 runs them) and then the health role. Routing between the nodes is not part of this test: it adds
@@ -25,7 +25,7 @@ import yaml
 from labutil import LAB_ROOT, nsenter, playbook, recap, run_ok, write_lab_inventory
 
 PREFIX = 'phe'
-NODES = ['node1', 'node2', 'node3']
+NODES = ['node1', 'node2']
 NETNS = 'podnet-health'
 PIDFILE = '/run/podnet/health-%s.pid' % NETNS
 STORE = '/var/lib/podnet/ipam/endpoints.json'
@@ -72,14 +72,14 @@ def write_yaml(path, data):
 
 
 class Lab(labutil.LabState):
-    """The phe lab (3 nodes, IPv4). States: 'bare' (lab_up, then SETUP: pod CIDRs and podnet_host,
+    """The phe lab (2 nodes, IPv4). States: 'bare' (lab_up, then SETUP: pod CIDRs and podnet_host,
     no health endpoint), 'healthy' (then HEALTH: an endpoint and responder on every node), 'down'
     (no phe lab: a test that builds its own)."""
 
     def __init__(self, base):
         labutil.LabState.__init__(self, self._build)
         self.base = base
-        self.inv = write_lab_inventory(str(base / 'inv'), PREFIX, nodes=3)
+        self.inv = write_lab_inventory(str(base / 'inv'), PREFIX, nodes=len(NODES))
         self.setup = write_yaml(base / 'setup.yml', SETUP)
         self.health = write_yaml(base / 'health.yml', HEALTH)
 
@@ -369,11 +369,11 @@ def test_every_pair_of_nodes_answers_ping_and_tcp_pod_to_pod(phe):
 def test_unreachable_targets_fail_with_one_line_per_pair(phe):
     phe.need('healthy')
     _cross_routes()
-    node3_cidr = ipaddress.ip_network(lease_of('node3')['cidrs']['ipv4'][0])
-    ghost = str(node3_cidr.network_address + 250)     # in node3's pod CIDR, no endpoint holds it
+    node2_cidr = ipaddress.ip_network(lease_of('node2')['cidrs']['ipv4'][0])
+    ghost = str(node2_cidr.network_address + 250)     # in node2's pod CIDR, no endpoint holds it
     targets = [{'name': 'node2', 'address': health_ip('node2')},
                {'name': 'ghost', 'address': ghost},
-               {'name': 'node2', 'address': health_ip('node3')}]    # reaches node3's endpoint, not node2's
+               {'name': 'node1', 'address': health_ip('node2')}]    # reaches node2's endpoint, not node1's
     t0 = time.monotonic()
     results = _probe(phe, 'ghost', targets, health_tcp_timeout=1.0, health_ping_timeout=1.0)
     assert time.monotonic() - t0 < 60
@@ -382,11 +382,11 @@ def test_unreachable_targets_fail_with_one_line_per_pair(phe):
     lines = res['unreachable']
     assert lines[0] == 'node1 -> ghost (%s): ping no echo reply (0 of 3)' % ghost
     assert re.match(r'^node1 -> ghost \(%s\): tcp 4240 (timed out|no route to host)$' % re.escape(ghost), lines[1])
-    assert lines[2] == 'node1 -> node2 (%s): tcp 4240 answered as node3, expected node2' % health_ip('node3')
+    assert lines[2] == 'node1 -> node1 (%s): tcp 4240 answered as node2, expected node1' % health_ip('node2')
     assert len(lines) == 3
     for line in lines:
         assert line in res['msg']
-    ok = [r for r in res['results'] if r['address'] == health_ip('node2')][0]
+    ok = [r for r in res['results'] if r['name'] == 'node2'][0]
     assert ok['ping']['ok'] and ok['tcp']['ok']
     phe.keep()
 

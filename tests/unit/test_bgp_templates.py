@@ -4,6 +4,7 @@ the systemd units by systemd-analyze verify; and the FRR reload helper's config 
 """
 import importlib.util
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -71,15 +72,49 @@ def bird_check(path):
     return p.returncode, p.stdout
 
 
+def _bgpd_conf_validate(tasks_file, names):
+    """The `validate:` of the task that writes bgpd.conf in a role's tasks file, its variables
+    (`names`: {role variable: value}) filled in."""
+    def walk(tasks):
+        for t in tasks or []:
+            yield t
+            for key in ('block', 'rescue', 'always'):
+                yield from walk(t.get(key))
+    with open(tasks_file) as f:
+        found = [t['ansible.builtin.template']['validate'] for t in walk(yaml.safe_load(f))
+                 if str((t.get('ansible.builtin.template') or {}).get('dest', '')).endswith('/bgpd.conf')]
+    assert len(found) == 1, found
+    command = found[0]
+    for name, value in names.items():
+        command = command.replace('{{ %s }}' % name, value)
+    return command
+
+
+BGP_VALIDATE = _bgpd_conf_validate(os.path.join(BGP, 'tasks', 'frr.yml'),
+                                   {'bgp_vtysh_path': VTYSH, 'bgp_frr_dir': os.path.dirname(BGPD)})
+TOR_VALIDATE = _bgpd_conf_validate(os.path.join(TOR, 'tasks', 'main.yml'),
+                                   {'lab_tor_vtysh_path': VTYSH, 'lab_tor_frr_dir': os.path.dirname(BGPD)})
+
+
 def frr_check(path):
-    """Exactly the roles' validate: vtysh -C for syntax, then bgpd -C whose every message is an error."""
-    p = subprocess.run([VTYSH, '-C', '-f', path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    """Exactly the roles' validate (read from their tasks), run as Ansible runs it: split like a shell
+    would (no shell), %s the file. vtysh -C for syntax, then bgpd -C whose every message is an error."""
+    p = subprocess.run(shlex.split(BGP_VALIDATE % path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        universal_newlines=True, check=False)
-    if p.returncode != 0:
-        return p.returncode, p.stdout
-    p = subprocess.run([BGPD, '-S', '-C', '-p', '0', '-Z', '-f', path], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, universal_newlines=True, check=False)
-    return (1 if p.stdout.strip() else 0), p.stdout
+    return p.returncode, p.stdout
+
+
+def test_both_roles_validate_bgpd_conf_the_same_way():
+    assert BGP_VALIDATE == TOR_VALIDATE
+
+
+@need_frr
+def test_the_bgpd_check_leaves_nothing_in_var_tmp(tmp_path):
+    before = set(os.listdir('/var/tmp/frr')) if os.path.isdir('/var/tmp/frr') else set()
+    rc, out = frr_check(write(tmp_path, 'bgpd.conf', render(BGP, 'frr-bgpd.conf.j2', dict(NODE))))
+    assert rc == 0, out
+    after = set(os.listdir('/var/tmp/frr')) if os.path.isdir('/var/tmp/frr') else set()
+    assert after == before
 
 
 def tor_vars(hold):

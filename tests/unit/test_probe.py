@@ -30,8 +30,8 @@ def test_reply_must_name_the_expected_node():
 
 def test_targets_are_validated_and_deduplicated():
     t = probe.normalize_targets([{'name': 'node2', 'address': '10.244.1.7/32'},
-                                  {'name': 'node2', 'address': '10.244.1.7'},
-                                  {'name': 'node3', 'address': 'fd00::7', 'port': 5000}], 4240)
+                                 {'name': 'node2', 'address': '10.244.1.7'},
+                                 {'name': 'node3', 'address': 'fd00::7', 'port': 5000}], 4240)
     assert t == [{'name': 'node2', 'address': '10.244.1.7', 'port': 4240},
                  {'name': 'node3', 'address': 'fd00::7', 'port': 5000}]
     with pytest.raises(probe.ProbeError, match=r'targets\[0\]: needs name and address'):
