@@ -231,7 +231,7 @@ def test_two_labs_coexist_and_teardown_leaves_nothing(pti, tmp_path):
                 except OSError:
                     pass
         # The other lab is untouched.
-        assert '1 received' in nsenter(PREFIX, 'node1', ['ping', '-c', '1', '-W', '2', '192.168.50.13'])
+        assert '1 received' in nsenter(PREFIX, 'node1', ['ping', '-c', '1', '-W', '2', '192.168.50.12'])
         out = run_ok('lab_down.yml', other)
         assert recap(out)['localhost']['changed'] == 0, out
     finally:
