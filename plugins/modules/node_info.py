@@ -165,13 +165,15 @@ def _bpffs_mounted(path):
 
 
 def _bcc_version():
-    """bcc's version from its package files: importing bcc loads libbcc (tens of ms) for nothing."""
+    """bcc's version from its package files, None when bcc or its shared library (libbcc.so.0, which
+    bcc loads on import) is missing. Importing bcc would dlopen libbcc, tens of ms for nothing here."""
+    import ctypes.util
     import importlib.util
     try:
         spec = importlib.util.find_spec('bcc')
     except (ImportError, ValueError):
         return None
-    if spec is None or not spec.origin:
+    if spec is None or not spec.origin or not ctypes.util.find_library('bcc'):
         return None
     try:
         with open(os.path.join(os.path.dirname(spec.origin), 'version.py')) as f:

@@ -57,3 +57,9 @@ def test_bcc_version_read_from_its_files_not_imported():
     imported_before = 'bcc' in sys.modules
     assert re.match(r'^\d+\.\d+', node_info._bcc_version())
     assert ('bcc' in sys.modules) == imported_before
+
+
+def test_bcc_without_its_shared_library_counts_as_missing(monkeypatch):
+    import ctypes.util
+    monkeypatch.setattr(ctypes.util, 'find_library', lambda name: None)
+    assert node_info._bcc_version() is None
