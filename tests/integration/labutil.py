@@ -34,7 +34,9 @@ def write_lab_inventory(directory, prefix, nodes=3, cluster_vars=None):
 @contextlib.contextmanager
 def _cost(what):
     """With PODNET_PLAYLOG=<file>: one JSON line per ansible run (the test, what ran, its wall and
-    CPU seconds), to find where the suite's time goes (the suite is CPU-bound on 2 cores)."""
+    CPU seconds), to find where the suite's time goes (the suite is CPU-bound on 2 cores).
+    The CPU is this process's finished children over the run's window: runs started side by side
+    from threads (test_concurrent_runs_lab.py) each count the others that ended in their window."""
     log = os.environ.get('PODNET_PLAYLOG')
     if not log:
         yield
