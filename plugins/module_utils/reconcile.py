@@ -22,6 +22,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import datetime
 import errno
 import os
@@ -135,9 +136,7 @@ class Reconciler(object):
 
     def _fail(self, error, actions, done, failed=None):
         kw = failure(self.name, error, actions, done, failed, self.describe)
-        if not isinstance(error, (OSError, IOError)) and getattr(error, 'code', None) is None \
-                and not type(error).__module__.startswith('ansible_collections.podnet.'):
-            kw['exception'] = traceback.format_exc()   # not one of ours: a bug; -vvv shows where
+        _add_traceback(kw, error)
         self.module.fail_json(**kw)
 
     def _call(self, fn, args, actions=(), done=()):
@@ -171,6 +170,29 @@ class Reconciler(object):
         )
         result.update(extra)
         return result
+
+
+def _add_traceback(kw, error):
+    """An error that is not the OS's, netlink's or ours is a bug: -vvv shows where it came from."""
+    if not isinstance(error, (OSError, IOError)) and getattr(error, 'code', None) is None \
+            and not type(error).__module__.startswith('ansible_collections.podnet.'):
+        kw['exception'] = traceback.format_exc()
+
+
+@contextlib.contextmanager
+def error_funnel(module, name):
+    """The same one-line failure for what a module does around its reconcile pass (opening netlink,
+    reading the underlay device or the host device's MTU): ``<name>: <error>``, nothing changed.
+
+    The reconcile pass inside has already failed the module its own way (fail_json raises
+    SystemExit, which this lets through).
+    """
+    try:
+        yield
+    except Exception as e:
+        kw = {'msg': '%s: %s' % (name, error_text(e)), 'changed': False}
+        _add_traceback(kw, e)
+        module.fail_json(**kw)
 
 
 def module_name(module):

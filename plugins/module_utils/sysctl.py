@@ -25,3 +25,11 @@ def read(key):
 def write(key, value):
     with open(path(key), 'w') as f:
         f.write('%s\n' % (value,))
+
+
+def read_int(key):
+    """The value as an int; None when the key does not exist or is not one number."""
+    try:
+        return int(read(key))
+    except (TypeError, ValueError):
+        return None

@@ -16,13 +16,7 @@ description:
     health endpoint - a network namespace (default C(podnet-health), under C(/run/netns)) joined to
     the node by a veth pair (C(lxc_health) on the node, C(eth0) inside), holding an endpoint (pod)
     address from the node's pod CIDR.
-  - 'Inside the namespace - the address on C(eth0) as a host prefix (/32, /128), C(<router> dev eth0
-    scope link) and C(default via <router>), where the router is the node''s router IP on the host
-    device (podnet_host). On the node - C(<address> dev lxc_health scope link proto podnet) (protocol 201 marks
-    podnet''s routes).'
-  - The node answers ARP for the router IP on C(lxc_health) by Linux's default behaviour
-    (C(arp_ignore=0) answers for any local address). The module warns when the node's effective
-    C(arp_ignore) on C(lxc_health) is not 0, because the endpoint could then not reach its router.
+  - The health endpoint is an endpoint (M(podnet.fabric.endpoint)) plus a responder.
   - 'A TCP responder listens on O(port) inside the namespace and answers every connection with one
     line, C(podnet-health <node_name>), then closes. It is a process of the module''s Python started
     in the node''s mount namespace that enters the endpoint''s network namespace before it binds;
@@ -33,6 +27,7 @@ description:
 author:
   - podnet.fabric maintainers (@podnet)
 extends_documentation_fragment:
+  - podnet.fabric.endpoint
   - podnet.fabric.node_lock
 options:
   netns:
@@ -43,26 +38,6 @@ options:
     description: Name of the node side of the veth pair (the endpoint side is always C(eth0)).
     type: str
     default: lxc_health
-  addresses:
-    description:
-      - The endpoint's addresses, at most one IPv4 and one IPv6, bare or as host prefixes
-        (C(10.244.0.5) or C(10.244.0.5/32)). Required when O(state=present).
-    type: list
-    elements: str
-  router:
-    description: The node's router IP (IPv4) on the host device; the endpoint's default gateway.
-    type: str
-  router_ipv6:
-    description: The node's IPv6 router IP; required when O(addresses) has an IPv6 address.
-    type: str
-  mtu:
-    description: MTU of both ends of the pair (the pod MTU). C(0) takes the MTU of O(host_device).
-    type: int
-    default: 0
-  host_device:
-    description: The node's host device, whose MTU O(mtu=0) takes.
-    type: str
-    default: podnet_host
   port:
     description: TCP port the responder listens on (Cilium's health port by default).
     type: int
@@ -81,9 +56,7 @@ options:
     choices: [present, absent]
     default: present
 notes:
-  - Needs pyroute2 0.9 or later on the node; run it with the podnet interpreter.
-  - The namespace and the responder do not survive a reboot (both live under C(/run)); running the
-    role again recreates them.
+  - The responder does not survive a reboot either; running the role again restarts it.
 attributes:
   check_mode:
     support: full
@@ -167,15 +140,8 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import health, ipfamily, netlink, probe
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
-
-
-def _ipr(ns):
-    if ns is None:
-        return netlink.IPRoute()
-    # flags=0: never create the namespace as a side effect of opening it.
-    return netlink.IPRoute(netns=ns, flags=0)
+from ansible_collections.podnet.fabric.plugins.module_utils import endpoint, health, netlink, probe
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
 def main():
@@ -198,56 +164,33 @@ def main():
     )
     netlink.require_pyroute2(module)
     p = module.params
-    if not p['netns'] or '/' in p['netns'] or p['netns'] in ('.', '..'):
-        module.fail_json(msg='netns: %r is not a namespace name' % p['netns'])
-    if not p['device'] or len(p['device']) > 15 or '/' in p['device']:
-        module.fail_json(msg='device: %r is not a link name (1 to 15 characters)' % p['device'])
-    mtu = p['mtu']
-    try:
-        if p['state'] == 'present' and mtu == 0:
-            with netlink.IPRoute() as ipr:
-                host = netlink.get_link(ipr, p['host_device'])
-            if host is None:
-                module.fail_json(msg='mtu: 0 takes the MTU of %s, which this node does not have; run the '
-                                     'podnet.fabric.host_device role first or set mtu' % p['host_device'])
-            mtu = host['mtu']
-        desired = health.desired_state(p['netns'], p['device'], p['addresses'], p['router'], p['router_ipv6'],
-                                       mtu, p['port'], p['node_name'] or socket.gethostname(), p['state'],
-                                       pid_dir=p['pid_dir'])
-    except health.HealthError as e:
-        module.fail_json(msg=str(e))
+    name = 'health endpoint %s' % p['netns']
+    with error_funnel(module, name):
+        try:
+            mtu = endpoint.resolve_mtu(p['mtu'], p['host_device']) if p['state'] == 'present' else 0
+            desired = health.desired_state(p['netns'], p['device'], p['addresses'], p['router'], p['router_ipv6'],
+                                           mtu, p['port'], p['node_name'] or socket.gethostname(), p['state'],
+                                           pid_dir=p['pid_dir'])
+        except endpoint.EndpointError as e:
+            module.fail_json(msg=str(e))
 
-    def read():
-        return health.read(_ipr, p['netns'], p['device'], desired['pidfile'])
+        result = Reconciler(
+            module, lambda: health.read(endpoint.open_ipr, p['netns'], p['device'], desired['pidfile']),
+            plan=lambda realized: health.plan(desired, realized),
+            apply=lambda action: health.apply_action(endpoint.open_ipr, sys.executable, p['netns'], action),
+            project=lambda realized, actions: health.project(desired, realized, actions),
+            name=name,
+        ).run()
 
-    result = Reconciler(
-        module, read,
-        plan=lambda realized: health.plan(desired, realized),
-        apply=lambda action: health.apply_action(_ipr, sys.executable, p['netns'], action),
-        project=lambda realized, actions: health.project(desired, realized, actions),
-        name='health endpoint %s' % p['netns'],
-    ).run()
-
-    after = result['state']
-    if result['changed'] and not module.check_mode:
-        left = health.plan(desired, after)
-        if left:
-            module.fail_json(msg='health endpoint %s: did not converge; still to do: %s' % (p['netns'], left),
-                             **result)
-    result['pid'] = after['responder'].get('pid')
-    result['arp_ignore'] = health.arp_ignore(p['device'])
-    if p['state'] == 'present':
-        held = (after.get('peer') or {}).get('addresses') or desired['addresses']
-        by_fam = dict((ipfamily.family_of(a), a.split('/', 1)[0]) for a in held)
-        result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu, port=p['port'])
-        if 'ipv4' in by_fam and result['arp_ignore'] not in (None, 0):
-            module.warn('%s: net.ipv4.conf arp_ignore is %s: the node will not answer ARP for the router IP %s '
-                        'on %s, so the health endpoint cannot reach its router; set arp_ignore=0 there'
-                        % (p['device'], result['arp_ignore'], p['router'], p['device']))
-        if 'ipv6' in by_fam and health.read_sysctl('net.ipv6.conf.%s.forwarding' % p['device']) == 0:
-            module.warn('%s: net.ipv6.conf forwarding is 0: the node does not answer neighbour solicitations '
-                        'for the proxied router IP %s, so the IPv6 endpoint cannot reach its router'
-                        % (p['device'], p['router_ipv6']))
+        after = result['state']
+        endpoint.check_converged(module, name, health.plan(desired, after), result)
+        result['pid'] = after['responder'].get('pid')
+        result['arp_ignore'] = endpoint.arp_ignore(p['device'])
+        if p['state'] == 'present':
+            by_fam = endpoint.addresses_by_family(after, desired)
+            result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu, port=p['port'])
+            endpoint.warn_unreachable_router(module, p['device'], by_fam, result['arp_ignore'], p['router'],
+                                             p['router_ipv6'])
     module.exit_json(**result)
 
 

@@ -105,7 +105,7 @@ import ipaddress
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import host_device, netlink
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
 def _canonical(module, addresses):
@@ -134,30 +134,31 @@ def main():
     )
     netlink.require_pyroute2(module)
     p = module.params
-    with netlink.IPRoute() as ipr:
-        mtu = p['mtu']
-        if p['state'] == 'present' and mtu == 0:
-            if not p['underlay_ip']:
-                module.fail_json(msg='underlay_ip: required when mtu is 0 (auto)')
-            dev = netlink.device_for_address(ipr, p['underlay_ip'])
-            if dev is None:
-                module.fail_json(msg='underlay_ip: %s is not on any device of this node' % p['underlay_ip'])
-            mtu = dev['mtu'] - p['overhead']
-        if p['state'] == 'present' and not 68 <= mtu <= 65535:
-            module.fail_json(msg='mtu: %d is not a valid MTU' % mtu)
-        desired = dict(name=p['name'], peer=p['peer'], mtu=mtu, state=p['state'],
-                       addresses=None if p['addresses'] is None else _canonical(module, p['addresses']))
+    with error_funnel(module, 'host_device %s' % p['name']):
+        with netlink.IPRoute() as ipr:
+            mtu = p['mtu']
+            if p['state'] == 'present' and mtu == 0:
+                if not p['underlay_ip']:
+                    module.fail_json(msg='underlay_ip: required when mtu is 0 (auto)')
+                dev = netlink.device_for_address(ipr, p['underlay_ip'])
+                if dev is None:
+                    module.fail_json(msg='underlay_ip: %s is not on any device of this node' % p['underlay_ip'])
+                mtu = dev['mtu'] - p['overhead']
+            if p['state'] == 'present' and not 68 <= mtu <= 65535:
+                module.fail_json(msg='mtu: %d is not a valid MTU' % mtu)
+            desired = dict(name=p['name'], peer=p['peer'], mtu=mtu, state=p['state'],
+                           addresses=None if p['addresses'] is None else _canonical(module, p['addresses']))
 
-        def read():
-            return {'host': netlink.get_link(ipr, p['name']), 'peer': netlink.get_link(ipr, p['peer'])}
+            def read():
+                return {'host': netlink.get_link(ipr, p['name']), 'peer': netlink.get_link(ipr, p['peer'])}
 
-        result = Reconciler(
-            module, read,
-            plan=lambda realized: host_device.plan(desired, realized),
-            apply=lambda action: host_device.apply_action(ipr, action),
-            project=lambda realized, actions: host_device.project(desired, realized, actions),
-            name='host_device %s' % p['name'],
-        ).run(mtu=mtu)
+            result = Reconciler(
+                module, read,
+                plan=lambda realized: host_device.plan(desired, realized),
+                apply=lambda action: host_device.apply_action(ipr, action),
+                project=lambda realized, actions: host_device.project(desired, realized, actions),
+                name='host_device %s' % p['name'],
+            ).run(mtu=mtu)
     module.exit_json(**result)
 
 

@@ -153,6 +153,7 @@ import sys
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import error_funnel
 
 
 def _bpffs_mounted(path):
@@ -269,13 +270,14 @@ def main():
         links={},
         routes=[],
     )
-    if netlink.HAS_PYROUTE2:
-        with netlink.IPRoute() as ipr:
-            result['links'] = dict((link.pop('name'), link) for link in netlink.links(ipr))
-            result['routes'] = netlink.routes(ipr, proto=netlink.RTPROT_PODNET)
-            if module.params['underlay_ip']:
-                dev = netlink.device_for_address(ipr, module.params['underlay_ip'])
-                result['underlay'] = dict(name=dev['name'], mtu=dev['mtu']) if dev else None
+    with error_funnel(module, 'node_info'):
+        if netlink.HAS_PYROUTE2:
+            with netlink.IPRoute() as ipr:
+                result['links'] = dict((link.pop('name'), link) for link in netlink.links(ipr))
+                result['routes'] = netlink.routes(ipr, proto=netlink.RTPROT_PODNET)
+                if module.params['underlay_ip']:
+                    dev = netlink.device_for_address(ipr, module.params['underlay_ip'])
+                    result['underlay'] = dict(name=dev['name'], mtu=dev['mtu']) if dev else None
     module.exit_json(**result)
 
 

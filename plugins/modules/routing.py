@@ -158,7 +158,7 @@ import platform
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import netlink, routing
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
 def _underlay(ipr, node_ip):
@@ -210,30 +210,31 @@ def main():
                                  'or a kernel with the %s driver' % (
                                      node, protocol, platform.release(), protocol,
                                      'Geneve' if protocol == 'geneve' else 'VXLAN', protocol))
-    with netlink.IPRoute() as ipr:
-        underlay = _underlay(ipr, p['node_ip']) if present else None
-        try:
-            desired, warnings = routing.desired_state(dict(p), underlay, node=node)
-        except routing.RoutingError as e:
-            module.fail_json(msg=str(e))
-        for w in warnings:
-            module.warn(w)
-        seen = {}
+    with error_funnel(module, 'routing (%s)' % node):
+        with netlink.IPRoute() as ipr:
+            underlay = _underlay(ipr, p['node_ip']) if present else None
+            try:
+                desired, warnings = routing.desired_state(dict(p), underlay, node=node)
+            except routing.RoutingError as e:
+                module.fail_json(msg=str(e))
+            for w in warnings:
+                module.warn(w)
+            seen = {}
 
-        def plan(realized):
-            seen['actions'] = routing.plan(desired, realized)
-            return seen['actions']
+            def plan(realized):
+                seen['actions'] = routing.plan(desired, realized)
+                return seen['actions']
 
-        result = Reconciler(
-            module, lambda: routing.read(ipr), plan,
-            apply=lambda action: routing.apply_action(ipr, action),
-            project=lambda realized, actions: routing.project(desired, realized, actions),
-            describe=lambda action: routing.summary([action])[0],
-            name='routing (%s)' % node,
-        ).run(peers=routing.peers(p['cluster'], node) if present else [])
-        if underlay is not None:
-            result['underlay'] = underlay
-        result['changes'] = routing.summary(seen.get('actions') or [])
+            result = Reconciler(
+                module, lambda: routing.read(ipr), plan,
+                apply=lambda action: routing.apply_action(ipr, action),
+                project=lambda realized, actions: routing.project(desired, realized, actions),
+                describe=lambda action: routing.summary([action])[0],
+                name='routing (%s)' % node,
+            ).run(peers=routing.peers(p['cluster'], node) if present else [])
+            if underlay is not None:
+                result['underlay'] = underlay
+            result['changes'] = routing.summary(seen.get('actions') or [])
     module.exit_json(**result)
 
 

@@ -366,6 +366,48 @@ def test_every_pair_of_nodes_answers_ping_and_tcp_pod_to_pod(phe):
     phe.keep()                                      # the routes are the tests' own, outside podnet's
 
 
+def test_a_workload_endpoint_reaches_another_nodes_health_endpoint(phe):
+    """The generic endpoint module (the health endpoint minus its responder): an IP from node1's
+    IPAM store, a namespace with an lxc<hash> pair, and packets to node2's health endpoint."""
+    phe.need('healthy')
+    _cross_routes()
+    inv, name = phe.inv, 'phe-web'
+    rc, ip = labutil.adhoc(inv, 'node1', 'podnet.fabric.ipam_endpoint', {'endpoint_id': name, 'update_ledger': False})
+    assert rc == 0 and ip['ips'].get('ipv4'), ip
+    args = {'name': name, 'addresses': [ip['ips']['ipv4']], 'router': router_of('node1')}
+    try:
+        rc, check = labutil.adhoc(inv, 'node1', 'podnet.fabric.endpoint', args, check=True)
+        assert rc == 0 and check['changed'] and check['plan'][0] == {'action': 'create_netns', 'name': name}, check
+        assert name not in netns_list('node1')
+        rc, res = labutil.adhoc(inv, 'node1', 'podnet.fabric.endpoint', args)
+        assert rc == 0 and res['changed'] and res['address'] == ip['ips']['ipv4'], res
+        dev = res['device']
+        assert re.match(r'^lxc[0-9a-f]{12}$', dev) and link('node1', dev)['linkinfo']['info_kind'] == 'veth'
+        assert [r for r in routes('node1') if r['dst'] == ip['ips']['ipv4'] and r.get('dev') == dev
+                and r.get('protocol') == '201']
+        in_ep = ['nsenter', '--net=/run/netns/' + name, '--']
+        addrs = json.loads(nsenter(PREFIX, 'node1', in_ep + ['ip', '-j', 'addr', 'show', 'dev', 'eth0']))
+        assert [a['local'] for a in addrs[0]['addr_info'] if a['family'] == 'inet'] == [ip['ips']['ipv4']]
+        # Pod to pod across the underlay: node1's workload to node2's health endpoint, ping and TCP.
+        nsenter(PREFIX, 'node1', in_ep + ['ping', '-c', '1', '-W', '2', health_ip('node2')])
+        reply = nsenter(PREFIX, 'node1', in_ep + [
+            os.path.join(labutil.VENV_BIN, 'python'), '-c',
+            'import socket;s=socket.create_connection(("%s",4240),3);print(s.recv(99).decode())' % health_ip('node2')])
+        assert reply.strip() == 'podnet-health node2'
+        rc, again = labutil.adhoc(inv, 'node1', 'podnet.fabric.endpoint', args)
+        assert rc == 0 and not again['changed'] and again['plan'] == [], again
+    finally:
+        rc, res = labutil.adhoc(inv, 'node1', 'podnet.fabric.endpoint', {'name': name, 'state': 'absent'})
+        assert rc == 0, res
+        rc, rel = labutil.adhoc(inv, 'node1', 'podnet.fabric.ipam_endpoint',
+                                {'endpoint_id': name, 'update_ledger': False, 'state': 'absent'})
+        assert rc == 0, rel
+    assert res['changed'] and name not in netns_list('node1') and link('node1', res['device']) is None
+    assert not [r for r in routes('node1') if r.get('dev') == res['device']]
+    assert name not in [rec.get('owner') for rec in store_of('node1')['used'].values()]
+    phe.keep()
+
+
 def test_unreachable_targets_fail_with_one_line_per_pair(phe):
     phe.need('healthy')
     _cross_routes()

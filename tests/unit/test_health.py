@@ -1,6 +1,6 @@
-"""Unit tests for plugins/module_utils/health.py: the health endpoint's pure plan and projection,
-the connectivity probe's packets, reply check and failure messages, and the responder itself
-(on loopback, in this process's own network namespace)."""
+"""Unit tests for plugins/module_utils/health.py: the health endpoint's pure plan and projection (an
+endpoint, test_endpoint.py, plus its responder) and the responder itself (on loopback, in this
+process's own network namespace)."""
 import copy
 import os
 import signal
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from ansible_collections.podnet.fabric.plugins.module_utils import daemon, health, netns
+from ansible_collections.podnet.fabric.plugins.module_utils import daemon, endpoint, health, netns
 
-HealthError = health.HealthError
+HealthError = endpoint.EndpointError
 PIDFILE = '/run/podnet/health-podnet-health.pid'
 
 
@@ -36,7 +36,7 @@ def converged(d, inode=4026532999, pid=4242):
     r['routes'] = list(d['routes'])
     r['node_routes'] = list(d['node_routes'])
     r['proxy_ndp'] = list(d['proxy_ndp'])
-    r['sysctls'] = dict((k % d['device'], v) for k, v in health.PROXY_SYSCTLS.items()) if d['proxy_ndp'] else {}
+    r['sysctls'] = dict((k % d['device'], v) for k, v in endpoint.PROXY_SYSCTLS.items()) if d['proxy_ndp'] else {}
     r['responder'].update(pid=pid, running=True, ours=True, args=list(d['responder_args']), netns_inode=inode,
                           pidfile_exists=True)
     return r
@@ -49,17 +49,17 @@ def kinds(actions):
 # --- normalization -------------------------------------------------------------------------
 
 def test_addresses_are_normalized_to_host_prefixes_one_per_family():
-    assert health.normalize_addresses(['10.244.1.7']) == {'ipv4': '10.244.1.7/32'}
-    assert health.normalize_addresses(['10.244.1.7/32', 'FD00:0::7']) == {
+    assert endpoint.normalize_addresses(['10.244.1.7']) == {'ipv4': '10.244.1.7/32'}
+    assert endpoint.normalize_addresses(['10.244.1.7/32', 'FD00:0::7']) == {
         'ipv4': '10.244.1.7/32', 'ipv6': 'fd00::7/128'}
     with pytest.raises(HealthError, match='more than one ipv4'):
-        health.normalize_addresses(['10.244.1.7', '10.244.1.8'])
+        endpoint.normalize_addresses(['10.244.1.7', '10.244.1.8'])
     with pytest.raises(HealthError, match='host address'):
-        health.normalize_addresses(['10.244.1.0/24'])
+        endpoint.normalize_addresses(['10.244.1.0/24'])
     with pytest.raises(HealthError, match='not an IP address'):
-        health.normalize_addresses(['10.244.1.300'])
+        endpoint.normalize_addresses(['10.244.1.300'])
     with pytest.raises(HealthError, match='needs an address'):
-        health.normalize_addresses([])
+        endpoint.normalize_addresses([])
 
 
 def test_desired_state_checks_routers_mtu_port_and_name():
