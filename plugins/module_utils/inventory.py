@@ -25,13 +25,14 @@ import difflib
 import ipaddress
 import re
 
+from ansible_collections.podnet.fabric.plugins.module_utils import tunnel as tunnel_facts
+
 CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
 NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs',
              'podnet_instance')
 
 IPAM_MODES = ('cluster-pool', 'kubernetes', 'multi-pool', 'crd', 'eni')
 ROUTING_MODES = ('tunnel', 'native', 'eni')
-TUNNEL_PORTS = {'vxlan': 8472, 'geneve': 6081}
 DEFAULT_CLUSTER_NAME = 'default'
 
 ALL = 'all'
@@ -316,7 +317,7 @@ CLUSTER_SCHEMA = {
                     'protocol': {'type': 'str', 'choices': ('vxlan', 'geneve'),
                                  'default': 'vxlan'},
                     'port': {'type': 'int', 'min': 1, 'max': 65535, 'default': None},
-                    'vni': {'type': 'int', 'min': 1, 'max': 16777215, 'default': 2},
+                    'vni': {'type': 'int', 'min': 1, 'max': 16777215, 'default': tunnel_facts.DEFAULT_VNI},
                 },
             },
             'native': {
@@ -617,7 +618,9 @@ def _complete(model):
             ledger['key'] = 'podnet/%s/ledger.json' % name
     tunnel = model['routing']['tunnel']
     if tunnel is not _INVALID and tunnel['port'] is None and _ok(tunnel['protocol']):
-        tunnel['port'] = TUNNEL_PORTS[tunnel['protocol']]
+        tunnel['port'] = tunnel_facts.PORTS[tunnel['protocol']]
+    if _ok(model['routing']) and _ok(model['routing']['mode']):
+        model['routing']['overhead'] = tunnel_facts.overhead(model['routing']['mode'])
     multi = model['ipam']['multi_pool']
     if multi is not _INVALID and multi['pre_allocation'] is None:
         pools = multi['pools']

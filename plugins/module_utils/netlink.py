@@ -94,6 +94,14 @@ def device_for_address(ipr, address):
     return None
 
 
+def underlay(ipr, node_ip, node_device=None):
+    """The node's underlay device (podnet_node_device, else the link holding podnet_node_ip) as
+    get_link gives it, or None when the node has no such link."""
+    if node_device:
+        return get_link(ipr, node_device)
+    return device_for_address(ipr, node_ip)
+
+
 def routes(ipr, proto=None, table=254):
     out = []
     kw = {'table': table}

@@ -35,13 +35,12 @@ __metaclass__ = type
 
 import ipaddress
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipfamily, netlink
+from ansible_collections.podnet.fabric.plugins.module_utils import ipfamily, netlink, tunnel as tunnel_facts
+from ansible_collections.podnet.fabric.plugins.module_utils.endpoint import DEVICE_PREFIX as ENDPOINT_DEVICE_PREFIX
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import IFF_UP, RTPROT_PODNET
 
 VXLAN_DEVICE = 'podnet_vxlan'
 GENEVE_PREFIX = 'podnet_g'
-OVERHEAD = 50
-ENDPOINT_DEVICE_PREFIX = 'lxc'
 FAMILIES = ('ipv4', 'ipv6')
 
 
@@ -104,14 +103,16 @@ def desired_state(params, underlay, node='this node'):
     if mode == 'none':
         return desired, warnings
     if underlay is None or not underlay.get('dev'):
+        if params.get('node_device'):
+            raise RoutingError('%s: podnet_node_device: %s is not a device of this node' % (node, params['node_device']))
         raise RoutingError('%s: podnet_node_ip: %s is not on any device of this node' % (node, params['node_ip']))
     others = peers(params.get('cluster'), params['node'])
     if mode == 'tunnel':
         t = params.get('tunnel') or {}
         protocol = t.get('protocol') or 'vxlan'
-        port = t.get('port') or (8472 if protocol == 'vxlan' else 6081)
-        vni = t.get('vni') or 2
-        mtu = params.get('mtu') or underlay['mtu'] - OVERHEAD
+        port = t.get('port') or tunnel_facts.PORTS[protocol]
+        vni = t.get('vni') or tunnel_facts.DEFAULT_VNI
+        mtu = params.get('mtu') or underlay['mtu'] - tunnel_facts.OVERHEAD
         mac = node_mac(params['node_ip'])
         common = {'kind': protocol, 'id': vni, 'port': port, 'mtu': mtu, 'mac': mac}
         if protocol == 'vxlan':

@@ -32,16 +32,20 @@ options:
     default: podnet_net
   mtu:
     description:
-      - MTU of both sides. C(0) means the MTU of the underlay device (the device holding
-        O(underlay_ip)) minus O(overhead).
+      - MTU of both sides. C(0) means the MTU of the underlay device (O(node_device), else the
+        device holding O(node_ip)) minus O(overhead).
     type: int
     default: 0
   overhead:
     description: Bytes to subtract from the underlay MTU when O(mtu=0), for example 50 for VXLAN.
     type: int
     default: 0
-  underlay_ip:
-    description: The node's underlay address; required when O(mtu=0) and O(state=present).
+  node_ip:
+    description: The node's underlay address (podnet_node_ip); O(mtu=0) needs it or O(node_device).
+    type: str
+    aliases: [underlay_ip]
+  node_device:
+    description: The node's underlay device (podnet_node_device); default, the device holding O(node_ip).
     type: str
   addresses:
     description:
@@ -68,7 +72,7 @@ attributes:
 EXAMPLES = r'''
 - name: Host device with the MTU of a VXLAN overlay
   podnet.fabric.host_device:
-    underlay_ip: "{{ podnet_node_ip }}"
+    node_ip: "{{ podnet_node_ip }}"
     overhead: 50
 
 - name: Host device holding the node's router IPs
@@ -126,7 +130,8 @@ def main():
             peer=dict(type='str', default='podnet_net'),
             mtu=dict(type='int', default=0),
             overhead=dict(type='int', default=0),
-            underlay_ip=dict(type='str'),
+            node_ip=dict(type='str', aliases=['underlay_ip']),
+            node_device=dict(type='str'),
             addresses=dict(type='list', elements='str'),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
         ),
@@ -138,11 +143,13 @@ def main():
         with netlink.IPRoute() as ipr:
             mtu = p['mtu']
             if p['state'] == 'present' and mtu == 0:
-                if not p['underlay_ip']:
-                    module.fail_json(msg='underlay_ip: required when mtu is 0 (auto)')
-                dev = netlink.device_for_address(ipr, p['underlay_ip'])
+                if not p['node_ip'] and not p['node_device']:
+                    module.fail_json(msg='node_ip: required when mtu is 0 (auto), unless node_device is given')
+                dev = netlink.underlay(ipr, p['node_ip'], p['node_device'])
                 if dev is None:
-                    module.fail_json(msg='underlay_ip: %s is not on any device of this node' % p['underlay_ip'])
+                    module.fail_json(msg='node_device: %s is not a device of this node' % p['node_device']
+                                     if p['node_device'] else
+                                     'node_ip: %s is not on any device of this node' % p['node_ip'])
                 mtu = dev['mtu'] - p['overhead']
             if p['state'] == 'present' and not 68 <= mtu <= 65535:
                 module.fail_json(msg='mtu: %d is not a valid MTU' % mtu)

@@ -74,7 +74,7 @@ EXAMPLES = r'''
 
 - name: Put the router IPs on the host device
   podnet.fabric.host_device:
-    underlay_ip: "{{ podnet_node_ip }}"
+    node_ip: "{{ podnet_node_ip }}"
     addresses: "{{ lease.addresses }}"
 
 - name: Read the stored lease only

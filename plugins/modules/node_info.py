@@ -31,8 +31,14 @@ options:
     description: Where bpffs should be mounted.
     type: path
     default: /sys/fs/bpf
-  underlay_ip:
-    description: The node's underlay address; when given, C(underlay) reports the device holding it.
+  node_ip:
+    description: The node's underlay address (podnet_node_ip); when given, C(underlay) reports the device holding it.
+    type: str
+    aliases: [underlay_ip]
+  node_device:
+    description:
+      - The node's underlay device (podnet_node_device); when given, C(underlay) reports it, wherever
+        O(node_ip) is (a node IP on C(lo), say, with the fabric on C(eth0)).
     type: str
   link_kinds:
     description:
@@ -115,8 +121,9 @@ python:
   type: dict
   sample: {interpreter: /opt/podnet/venv/bin/python, pyroute2: 0.9.7, bcc: 0.26.0}
 underlay:
-  description: The device holding O(underlay_ip) (C(name), C(mtu)), or null when no device holds it.
-  returned: when O(underlay_ip) is given
+  description: The underlay device, O(node_device) or else the device holding O(node_ip) (C(name),
+    C(mtu)), or null when the node has no such device.
+  returned: when O(node_ip) or O(node_device) is given
   type: dict
   sample: {name: eth0, mtu: 1500}
 paths:
@@ -244,7 +251,8 @@ def main():
             sysctls=dict(type='list', elements='str', default=[]),
             bpffs=dict(type='path', default='/sys/fs/bpf'),
             paths=dict(type='list', elements='path', default=[]),
-            underlay_ip=dict(type='str'),
+            node_ip=dict(type='str', aliases=['underlay_ip']),
+            node_device=dict(type='str'),
             link_kinds=dict(type='list', elements='str', default=[]),
             files=dict(type='list', elements='path', default=[]),
         ),
@@ -275,8 +283,8 @@ def main():
             with netlink.IPRoute() as ipr:
                 result['links'] = dict((link.pop('name'), link) for link in netlink.links(ipr))
                 result['routes'] = netlink.routes(ipr, proto=netlink.RTPROT_PODNET)
-                if module.params['underlay_ip']:
-                    dev = netlink.device_for_address(ipr, module.params['underlay_ip'])
+                if module.params['node_ip'] or module.params['node_device']:
+                    dev = netlink.underlay(ipr, module.params['node_ip'], module.params['node_device'])
                     result['underlay'] = dict(name=dev['name'], mtu=dev['mtu']) if dev else None
     module.exit_json(**result)
 

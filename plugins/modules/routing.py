@@ -47,9 +47,16 @@ options:
     type: str
     required: true
   node_ip:
-    description: This node's underlay IPv4 address (C(podnet_node_ip)); it finds the underlay device.
+    description: This node's underlay IPv4 address (C(podnet_node_ip)); it finds the underlay device
+      unless O(node_device) names it.
     type: str
     required: true
+  node_device:
+    description:
+      - This node's underlay device (C(podnet_node_device)), the one whose MTU and networks count
+        (the VXLAN device's C(link), the on-link check of direct routes). Default, the device
+        holding O(node_ip).
+    type: str
   cluster:
     description:
       - 'Every node of the cluster, C({name: {ip, cidrs: {ipv4: [...], ipv6: [...]}}}). This node''s
@@ -157,12 +164,12 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import netlink, routing
+from ansible_collections.podnet.fabric.plugins.module_utils import netlink, routing, tunnel as tunnel_facts
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
-def _underlay(ipr, node_ip):
-    dev = netlink.device_for_address(ipr, node_ip)
+def _underlay(ipr, node_ip, node_device):
+    dev = netlink.underlay(ipr, node_ip, node_device)
     if dev is None:
         return None
     nets = []
@@ -179,11 +186,12 @@ def main():
             mode=dict(type='str', choices=['tunnel', 'native'], default='tunnel'),
             node=dict(type='str', required=True),
             node_ip=dict(type='str', required=True),
+            node_device=dict(type='str'),
             cluster=dict(type='dict', default={}),
             tunnel=dict(type='dict', default={}, options=dict(
                 protocol=dict(type='str', choices=['vxlan', 'geneve'], default='vxlan'),
                 port=dict(type='int'),
-                vni=dict(type='int', default=2),
+                vni=dict(type='int', default=tunnel_facts.DEFAULT_VNI),
             )),
             native=dict(type='dict', default={}, options=dict(
                 auto_direct_node_routes=dict(type='bool', default=False),
@@ -212,7 +220,7 @@ def main():
                                      'Geneve' if protocol == 'geneve' else 'VXLAN', protocol))
     with error_funnel(module, 'routing (%s)' % node):
         with netlink.IPRoute() as ipr:
-            underlay = _underlay(ipr, p['node_ip']) if present else None
+            underlay = _underlay(ipr, p['node_ip'], p['node_device']) if present else None
             try:
                 desired, warnings = routing.desired_state(dict(p), underlay, node=node)
             except routing.RoutingError as e:

@@ -43,6 +43,8 @@ class Lab(labutil.LabState):
     def _build(self, state, current):
         labutil.fresh(PREFIX)
         run_ok('lab_up.yml', self.inv)
+        if state == 'converged':
+            run_ok('site.yml', self.inv)
 
 
 @pytest.fixture(scope='module')
@@ -188,6 +190,23 @@ def test_check_mode_changes_nothing_then_converge_is_idempotent(pti):
     assert recap(out)['node2']['changed'] == 1, out
     assert 'podnet_host' in nsenter(PREFIX, 'node2', ['ip', 'link', 'show', 'podnet_host'])
     pti.left('converged')
+
+
+def test_node_device_names_the_underlay_and_a_missing_one_stops_the_run_in_preflight(pti, tmp_path):
+    """podnet_node_device: the underlay device whose MTU the host device and the tunnel take. One the
+    node does not have fails every node in the routing preflight, before anything changes."""
+    pti.need('converged')
+    overlay = tmp_path / 'hosts.yml'
+    overlay.write_text(yaml.safe_dump({'podnet_nodes': {'hosts': {'node2': {'podnet_node_device': 'pti_nosuch0'}}}}))
+    before = lab_snapshot(PREFIX, NODES)
+    rc, out = playbook('site.yml', pti.inv, str(overlay))
+    assert rc != 0 and 'node2: podnet_node_device: pti_nosuch0 is not a device of this node' in out, out
+    assert lab_snapshot(PREFIX, NODES) == before
+    # Naming the device the node IP is on changes nothing on a converged node.
+    overlay.write_text(yaml.safe_dump({'podnet_nodes': {'hosts': {'node2': {'podnet_node_device': 'eth0'}}}}))
+    out = run_ok('site.yml', pti.inv, str(overlay), extra=['--limit', 'node2'])
+    assert recap(out)['node2']['changed'] == 0, out
+    pti.keep()
 
 
 def _in_netns(pid, path):

@@ -7,7 +7,7 @@ Assertions are on kernel state read with nsenter, on packets captured on the und
 pings and TCP connections between the nodes' health endpoints (pods).
 
 Every test stands alone. The module fixture purges what a killed run left of `prl`, brings up a bare
-3-node lab and tears it down (checking that nothing is left) whatever happens. Each test starts by
+2-node lab and tears it down (checking that nothing is left) whatever happens. Each test starts by
 asking `ensure()` for the state it needs (a bare lab, or the lab converged in tunnel or native
 mode). `ensure()` remembers what the last converge left, so a file run in order converges no more
 often than the tests need; a test that changes the lab marks the state unknown until it has
@@ -30,7 +30,7 @@ PREFIX = 'prl'
 LEDGER = os.path.join(LAB_ROOT, PREFIX, 'ledger.json')
 HEALTH = 'podnet-health'
 RTPROT = '201'
-NODES = ['node1', 'node2', 'node3']
+NODES = ['node1', 'node2']
 FOREIGN = '10.250.0.0/24 via 192.168.50.1 dev eth0 proto static'
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
@@ -60,24 +60,24 @@ def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp('routing')
     invs = {}
     for name, routing in (('tunnel', TUNNEL), ('native', NATIVE), ('geneve', GENEVE)):
-        for n in (3, 4):
+        for n in (2, 3):
             invs['%s%d' % (name, n)] = write_lab_inventory(str(base / ('%s%d' % (name, n))), PREFIX, nodes=n,
                                                            cluster_vars=cluster_vars(base, name, routing))
     # A killed earlier run may have left the lab (and with it the ledger, which lives in the lab dir).
     labutil.purge(PREFIX)
     host_links = set(os.listdir('/sys/class/net'))
     try:
-        run_ok('lab_up.yml', invs['tunnel3'])
+        run_ok('lab_up.yml', invs['tunnel2'])
         yield {'base': base, 'inv': invs, 'mode': 'bare'}
     finally:
-        # tunnel4: also node4, should a test have died with it up.
-        run_ok('lab_down.yml', invs['tunnel4'])
+        # tunnel3: also node3, should a test have died with it up.
+        run_ok('lab_down.yml', invs['tunnel3'])
         labutil.assert_lab_gone(PREFIX)
         assert set(os.listdir('/sys/class/net')) == host_links
 
 
 def ensure(lab, want):
-    """Bring the lab to `want` ('bare', 'tunnel3', 'native3') unless the last converge left it there."""
+    """Bring the lab to `want` ('bare', 'tunnel2', 'native2') unless the last converge left it there."""
     if lab['mode'] == want:
         return
     unknown = lab['mode'] is None
@@ -85,11 +85,11 @@ def ensure(lab, want):
     if want == 'bare':
         # A fresh lab: no ledger, no lease, nothing of ours on any node.
         labutil.purge(PREFIX)
-        run_ok('lab_up.yml', lab['inv']['tunnel3'])
+        run_ok('lab_up.yml', lab['inv']['tunnel2'])
     else:
         if unknown:
-            # After a failed test: back to 3 nodes, and node4 (if it joined) out of the ledger.
-            run_ok('lab_up.yml', lab['inv']['tunnel3'])
+            # After a failed test: back to 2 nodes, and node3 (if it joined) out of the ledger.
+            run_ok('lab_up.yml', lab['inv']['tunnel2'])
         run_ok('site.yml', lab['inv'][want], extra=['-e', 'ipam_prune=true'] if unknown else [])
     lab['mode'] = want
 
@@ -197,7 +197,7 @@ def test_geneve_is_refused_before_anything_changes_unless_the_kernel_has_the_dri
         geneve_converges_and_pods_talk(lab)
         return
     before = labutil.lab_snapshot(PREFIX, NODES)
-    rc, out = playbook('site.yml', lab['inv']['geneve3'])
+    rc, out = playbook('site.yml', lab['inv']['geneve2'])
     assert rc != 0, out[-3000:]
     assert re.search(r'node\d: podnet_routing.tunnel.protocol: geneve: this kernel \(\S+\) cannot create geneve '
                      r'devices \(no geneve driver\). Nothing was changed on any node', out), out[-3000:]
@@ -208,7 +208,7 @@ def test_geneve_is_refused_before_anything_changes_unless_the_kernel_has_the_dri
 def geneve_converges_and_pods_talk(lab):
     """Where the kernel has a geneve driver: one Geneve device per peer, pods talk over UDP 6081."""
     changing(lab)
-    run_ok('site.yml', lab['inv']['geneve3'])
+    run_ok('site.yml', lab['inv']['geneve2'])
     led = ledger()
     for n in NODES:
         peers = sorted(p for p in led if p != n)
@@ -234,12 +234,12 @@ def geneve_converges_and_pods_talk(lab):
     # no pod address crosses the underlay unencapsulated, and nothing goes over VXLAN
     assert not [p for p in pkts if 'vni' not in p and (p['src'] in pod_ips or p['dst'] in pod_ips)]
     assert not [p for p in pkts if p['dport'] == 8472]
-    assert_second_run_changes_nothing(lab['inv']['geneve3'])
-    lab['mode'] = 'geneve3'
+    assert_second_run_changes_nothing(lab['inv']['geneve2'])
+    lab['mode'] = 'geneve2'
 
 
 def test_tunnel_mode_builds_the_overlay_and_pods_talk_over_vxlan(lab):
-    ensure(lab, 'tunnel3')
+    ensure(lab, 'tunnel2')
     led = ledger()
     for n in NODES:
         dev = ip_json(n, '-d', 'link', 'show', 'podnet_vxlan')[0]
@@ -266,12 +266,12 @@ def test_tunnel_mode_builds_the_overlay_and_pods_talk_over_vxlan(lab):
 
 
 def test_second_run_changes_nothing(lab):
-    ensure(lab, 'tunnel3')
-    assert_second_run_changes_nothing(lab['inv']['tunnel3'])
+    ensure(lab, 'tunnel2')
+    assert_second_run_changes_nothing(lab['inv']['tunnel2'])
 
 
 def test_masquerade_snats_traffic_leaving_the_cluster_only(lab):
-    ensure(lab, 'tunnel3')
+    ensure(lab, 'tunnel2')
     tables = json.loads(nsenter(PREFIX, 'node1', ['nft', '-j', 'list', 'table', 'ip', 'podnet']))
     rules = [x['rule'] for x in tables['nftables'] if 'rule' in x]
     assert len(rules) == 1 and 'snat' in json.dumps(rules[0])
@@ -282,50 +282,50 @@ def test_masquerade_snats_traffic_leaving_the_cluster_only(lab):
 
 
 def test_foreign_route_survives_and_a_stale_route_of_ours_goes(lab):
-    ensure(lab, 'tunnel3')
+    ensure(lab, 'tunnel2')
     changing(lab)
     add_foreign_route()
     nsenter(PREFIX, 'node1', ['ip', 'route', 'add', '10.251.0.0/24', 'via', '192.168.50.1', 'proto', RTPROT])
-    out = run_ok('site.yml', lab['inv']['tunnel3'], check=True)
+    out = run_ok('site.yml', lab['inv']['tunnel2'], check=True)
     assert '10.251.0.0/24' in out
     assert '10.251.0.0/24' in nsenter(PREFIX, 'node1', ['ip', 'route'])     # check mode changed nothing
-    run_ok('site.yml', lab['inv']['tunnel3'])
+    run_ok('site.yml', lab['inv']['tunnel2'])
     routes = nsenter(PREFIX, 'node1', ['ip', 'route'])
     assert FOREIGN in routes
     assert '10.251.0.0/24' not in routes
-    lab['mode'] = 'tunnel3'
+    lab['mode'] = 'tunnel2'
 
 
 def test_a_node_joining_gets_routes_everywhere_and_leaving_removes_them(lab):
-    ensure(lab, 'tunnel3')
+    ensure(lab, 'tunnel2')
     changing(lab)
     add_foreign_route()
     try:
-        run_ok('lab_up.yml', lab['inv']['tunnel4'])
-        run_ok('site.yml', lab['inv']['tunnel4'])
+        run_ok('lab_up.yml', lab['inv']['tunnel3'])
+        run_ok('site.yml', lab['inv']['tunnel3'])
         led = ledger()
-        cidr4 = led['node4']['cidrs']['ipv4'][0]
+        cidr4 = led['node3']['cidrs']['ipv4'][0]
         for n in NODES:
             assert cidr4 in [r[0] for r in our_routes(n)]
-        assert all_pairs(['node1', 'node4'])[1] == []
-        # node4 leaves: out of the inventory, pruned from the ledger; its routes, FDB and neighbour go
-        run_ok('site.yml', lab['inv']['tunnel3'], extra=['-e', 'ipam_prune=true'])
-        assert 'node4' not in ledger()
+        assert all_pairs(['node1', 'node3'])[1] == []
+        # node3 leaves: out of the inventory, pruned from the ledger; its routes, FDB and neighbour go
+        run_ok('site.yml', lab['inv']['tunnel2'], extra=['-e', 'ipam_prune=true'])
+        assert 'node3' not in ledger()
         for n in NODES:
             assert cidr4 not in [r[0] for r in our_routes(n)]
-            assert '192.168.50.14' not in nsenter(PREFIX, n, ['bridge', 'fdb', 'show', 'dev', 'podnet_vxlan'])
+            assert '192.168.50.13' not in nsenter(PREFIX, n, ['bridge', 'fdb', 'show', 'dev', 'podnet_vxlan'])
             assert cidr4.replace('.0/24', '.1') not in nsenter(PREFIX, n, ['ip', 'neigh', 'show', 'dev', 'podnet_vxlan'])
         assert FOREIGN in nsenter(PREFIX, 'node1', ['ip', 'route'])
-        lab['mode'] = 'tunnel3'
+        lab['mode'] = 'tunnel2'
     finally:
-        run_ok('lab_up.yml', lab['inv']['tunnel3'])     # node4's namespaces go
+        run_ok('lab_up.yml', lab['inv']['tunnel2'])     # node3's namespaces go
 
 
 def test_switch_to_native_leaves_no_tunnel_state_and_pods_talk_plain_ip(lab):
-    ensure(lab, 'tunnel3')
+    ensure(lab, 'tunnel2')
     changing(lab)
     add_foreign_route()
-    run_ok('site.yml', lab['inv']['native3'])
+    run_ok('site.yml', lab['inv']['native2'])
     led = ledger()
     for n in NODES:
         assert 'podnet_vxlan' not in nsenter(PREFIX, n, ['ip', 'link'])
@@ -338,12 +338,12 @@ def test_switch_to_native_leaves_no_tunnel_state_and_pods_talk_plain_ip(lab):
     assert any(p['src'] in pod_ips and p['dst'] in pod_ips and p['proto'] == 'icmp' for p in pkts)
     assert any(p['src'] in pod_ips and p['dst'] in pod_ips and p['proto'] == 'tcp' for p in pkts)
     assert FOREIGN in nsenter(PREFIX, 'node1', ['ip', 'route'])
-    assert_second_run_changes_nothing(lab['inv']['native3'])
-    lab['mode'] = 'native3'
+    assert_second_run_changes_nothing(lab['inv']['native2'])
+    lab['mode'] = 'native2'
 
 
 def test_native_off_link_node_fails_clearly_unless_skip_unreachable(lab):
-    ensure(lab, 'native3')
+    ensure(lab, 'native2')
     changing(lab)
     # A node on another network (recorded in the ledger by a run of another slice).
     with open(LEDGER) as f:
@@ -354,14 +354,14 @@ def test_native_off_link_node_fails_clearly_unless_skip_unreachable(lab):
         json.dump(doc, f)
     try:
         before = our_routes('node1')
-        rc, out = playbook('site.yml', lab['inv']['native3'])
+        rc, out = playbook('site.yml', lab['inv']['native2'])
         assert rc != 0, out[-3000:]
         assert re.search(r"node1: podnet_routing.native.auto_direct_node_routes: far1's IP 10.9.9.9 is not on-link "
                          r"on eth0 \(192.168.50.0/24\)", out), out[-3000:]
         assert our_routes('node1') == before
         skip = cluster_vars(lab['base'], 'native-skip', {'mode': 'native', 'native': {
             'ipv4_cidr': '10.244.0.0/16', 'auto_direct_node_routes': True, 'skip_unreachable': True}})
-        inv = write_lab_inventory(str(lab['base'] / 'skip3'), PREFIX, nodes=3, cluster_vars=skip)
+        inv = write_lab_inventory(str(lab['base'] / 'skip2'), PREFIX, nodes=2, cluster_vars=skip)
         out = run_ok('site.yml', inv)
         assert "far1's IP 10.9.9.9 is not on-link" in out and 'skipped (skip_unreachable)' in out
         assert our_routes('node1') == before
@@ -373,15 +373,15 @@ def test_native_off_link_node_fails_clearly_unless_skip_unreachable(lab):
         with open(LEDGER, 'w') as f:
             json.dump(doc, f)
     # The skip run converged the nodes as native3 would (far1 skipped, the same routes as before).
-    lab['mode'] = 'native3'
+    lab['mode'] = 'native2'
 
 
 def test_switch_back_to_tunnel_converges(lab):
-    ensure(lab, 'native3')
+    ensure(lab, 'native2')
     changing(lab)
-    run_ok('site.yml', lab['inv']['tunnel3'])
+    run_ok('site.yml', lab['inv']['tunnel2'])
     for n in NODES:
-        assert all(r[2] == 'podnet_vxlan' for r in our_routes(n)) and len(our_routes(n)) == 2
+        assert all(r[2] == 'podnet_vxlan' for r in our_routes(n)) and len(our_routes(n)) == 1
     assert all_pairs(NODES)[1] == []
-    assert_second_run_changes_nothing(lab['inv']['tunnel3'])
-    lab['mode'] = 'tunnel3'
+    assert_second_run_changes_nothing(lab['inv']['tunnel2'])
+    lab['mode'] = 'tunnel2'

@@ -155,6 +155,7 @@ def test_good_native_bgp_defaults():
         'bgp': {'local_asn': 65001, 'peers': [{'address': '192.168.50.1', 'asn': 65000}],
                 'speaker': 'bird', 'hold_time': None}}
     assert routing['tunnel'] == {'protocol': 'vxlan', 'port': 8472, 'vni': 2}
+    assert routing['overhead'] == 0            # derived once: what the pod MTU gives up (native: nothing)
 
 
 def test_good_eni_defaults():
@@ -190,7 +191,7 @@ def test_lab_base_model():
         'routing': {'mode': 'tunnel', 'tunnel': {'protocol': 'vxlan', 'port': 8472, 'vni': 2},
                     'native': {'ipv4_cidr': None, 'auto_direct_node_routes': False,
                                'skip_unreachable': False, 'bgp': None},
-                    'mtu': 0, 'masquerade': True},
+                    'mtu': 0, 'masquerade': True, 'overhead': 50},
         'eni': None,
         'policy': {},
         'nodes': dict(('node%d' % i, {'ip': '192.168.50.%d' % (10 + i), 'device': None,
@@ -378,7 +379,10 @@ def test_module_is_python38_compatible():
             names = [node.module] if isinstance(node, ast.ImportFrom) else [
                 a.name for a in node.names]
             for name in names:
-                assert name in ('__future__', 'difflib', 'ipaddress', 're'), name
+                assert name in ('__future__', 'difflib', 'ipaddress', 're',
+                                'ansible_collections.podnet.fabric.plugins.module_utils'), name
+            if isinstance(node, ast.ImportFrom) and node.module.startswith('ansible_collections'):
+                assert [a.name for a in node.names] == ['tunnel'], 'only the tunnel facts, which import nothing'
 
 
 # ---------------------------------------------------------------------------------------------

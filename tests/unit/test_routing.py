@@ -117,6 +117,8 @@ def test_native_skip_unreachable_warns_and_skips():
 def test_missing_underlay_is_an_error():
     with pytest.raises(routing.RoutingError, match='node1: podnet_node_ip: 192.168.50.11 is not on any device'):
         routing.desired_state(params(), None, 'node1')
+    with pytest.raises(routing.RoutingError, match='node1: podnet_node_device: bond7 is not a device of this node'):
+        routing.desired_state(dict(params(), node_device='bond7'), None, 'node1')
 
 
 def test_absent_wants_nothing():
