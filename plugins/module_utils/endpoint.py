@@ -31,7 +31,7 @@ import socket
 
 from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
 from ansible_collections.podnet.fabric.plugins.module_utils.netns import inode, netns_exists, netns_path
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import list_diff
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, error_funnel, list_diff
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import NTF_PROXY, RTPROT_PODNET
 
 SCOPE_LINK = 253
@@ -406,6 +406,17 @@ def route_spec(ipr, r):
 # Shared by the modules that reconcile an endpoint (endpoint, health_endpoint)
 # ---------------------------------------------------------------------------------------------
 
+# The options both endpoint modules take (their documentation: doc_fragments/endpoint.py).
+ARGUMENT_SPEC = dict(
+    addresses=dict(type='list', elements='str'),
+    router=dict(type='str'),
+    router_ipv6=dict(type='str'),
+    mtu=dict(type='int', default=0),
+    host_device=dict(type='str', default='podnet_host'),
+    state=dict(type='str', choices=['present', 'absent'], default='present'),
+)
+
+
 def resolve_mtu(mtu, host_device):
     """`mtu`, or the MTU of the node's `host_device` when it is 0 (the pod MTU)."""
     if mtu:
@@ -418,19 +429,44 @@ def resolve_mtu(mtu, host_device):
     return host['mtu']
 
 
-def check_converged(module, name, left, result):
-    """Fail the module when a real run that changed something left actions still to do."""
-    if result['changed'] and not module.check_mode and left:
-        module.fail_json(msg='%s: did not converge; still to do: %s' % (name, left), **result)
+def run_module(module, name, device, desired_state, read, plan, apply, project):
+    """The pass of a module that reconciles an endpoint (endpoint, health_endpoint): the desired
+    state (desired_state(mtu), the MTU resolved first), one reconcile pass, the convergence check,
+    and the result's endpoint keys. read() and apply(action) act on the node; plan and project are
+    the pure functions of the endpoint (or of the endpoint plus what the module adds to it).
+
+    Every error fails the module in one line that starts with `name`. Returns (result, desired).
+    """
+    p = module.params
+    with error_funnel(module, name):
+        try:
+            mtu = resolve_mtu(p['mtu'], p['host_device']) if p['state'] == 'present' else 0
+            desired = desired_state(mtu)
+        except EndpointError as e:
+            module.fail_json(msg='%s: %s' % (name, e))
+        result = Reconciler(module, read, plan=lambda realized: plan(desired, realized), apply=apply,
+                            project=lambda realized, actions: project(desired, realized, actions), name=name).run()
+        after = result['state']
+        if result['changed'] and not module.check_mode:
+            left = plan(desired, after)
+            if left:
+                module.fail_json(msg='%s: did not converge; still to do: %s' % (name, left), **result)
+        result['arp_ignore'] = arp_ignore(device)
+        if p['state'] == 'present':
+            by_fam = addresses_by_family(after, desired)
+            result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu)
+            _warn_unreachable_router(module, device, by_fam, result['arp_ignore'])
+    return result, desired
 
 
-def warn_unreachable_router(module, device, by_family, arp_ignore_value, router, router_ipv6):
+def _warn_unreachable_router(module, device, by_family, arp_ignore_value):
     """Warn when the node will not answer the endpoint's neighbour requests for its router IP."""
+    p = module.params
     if 'ipv4' in by_family and arp_ignore_value not in (None, 0):
         module.warn('%s: net.ipv4.conf arp_ignore is %s: the node will not answer ARP for the router IP %s '
                     'on %s, so the endpoint cannot reach its router; set arp_ignore=0 there'
-                    % (device, arp_ignore_value, router, device))
+                    % (device, arp_ignore_value, p['router'], device))
     if 'ipv6' in by_family and sysctl.read_int('net.ipv6.conf.%s.forwarding' % device) == 0:
         module.warn('%s: net.ipv6.conf forwarding is 0: the node does not answer neighbour solicitations '
                     'for the proxied router IP %s, so the IPv6 endpoint cannot reach its router'
-                    % (device, router_ipv6))
+                    % (device, p['router_ipv6']))

@@ -122,53 +122,28 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import endpoint, netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.netns import netns_path
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import argument_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=argument_spec(
-            name=dict(type='str', required=True),
-            device=dict(type='str'),
-            addresses=dict(type='list', elements='str'),
-            router=dict(type='str'),
-            router_ipv6=dict(type='str'),
-            mtu=dict(type='int', default=0),
-            host_device=dict(type='str', default='podnet_host'),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-        ),
+        argument_spec=argument_spec(name=dict(type='str', required=True), device=dict(type='str'),
+                                    **endpoint.ARGUMENT_SPEC),
         required_if=[('state', 'present', ['addresses'])],
         supports_check_mode=True,
     )
     netlink.require_pyroute2(module)
     p = module.params
-    device = p['device'] or endpoint.device_name(p['name'] or '')
-    name = 'endpoint %s' % p['name']
-    with error_funnel(module, name):
-        try:
-            mtu = endpoint.resolve_mtu(p['mtu'], p['host_device']) if p['state'] == 'present' else 0
-            desired = endpoint.desired_state(p['name'], device, p['addresses'], p['router'], p['router_ipv6'], mtu,
-                                             p['state'])
-        except endpoint.EndpointError as e:
-            module.fail_json(msg='%s: %s' % (name, e))
-
-        result = Reconciler(
-            module, lambda: endpoint.read(endpoint.open_ipr, p['name'], device),
-            plan=lambda realized: endpoint.plan(desired, realized),
-            apply=lambda action: endpoint.apply_action(endpoint.open_ipr, p['name'], action),
-            project=lambda realized, actions: endpoint.project(desired, realized, actions),
-            name=name,
-        ).run()
-
-        after = result['state']
-        endpoint.check_converged(module, name, endpoint.plan(desired, after), result)
-        result.update(device=device, netns_path=netns_path(p['name']), arp_ignore=endpoint.arp_ignore(device))
-        if p['state'] == 'present':
-            by_fam = endpoint.addresses_by_family(after, desired)
-            result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu)
-            endpoint.warn_unreachable_router(module, device, by_fam, result['arp_ignore'], p['router'],
-                                             p['router_ipv6'])
-    module.exit_json(**result)
+    ns = p['name']
+    device = p['device'] or endpoint.device_name(ns or '')
+    result, _desired = endpoint.run_module(
+        module, 'endpoint %s' % ns, device,
+        lambda mtu: endpoint.desired_state(ns, device, p['addresses'], p['router'], p['router_ipv6'], mtu, p['state']),
+        read=lambda: endpoint.read(endpoint.open_ipr, ns, device),
+        plan=endpoint.plan,
+        apply=lambda action: endpoint.apply_action(endpoint.open_ipr, ns, action),
+        project=endpoint.project)
+    module.exit_json(device=device, netns_path=netns_path(ns), **result)
 
 
 if __name__ == '__main__':

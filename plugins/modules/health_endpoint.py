@@ -141,7 +141,7 @@ import sys
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.podnet.fabric.plugins.module_utils import endpoint, health, netlink, probe
-from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import argument_spec
 
 
 def main():
@@ -149,48 +149,28 @@ def main():
         argument_spec=argument_spec(
             netns=dict(type='str', default=probe.DEFAULT_NETNS),
             device=dict(type='str', default=health.DEFAULT_DEVICE),
-            addresses=dict(type='list', elements='str'),
-            router=dict(type='str'),
-            router_ipv6=dict(type='str'),
-            mtu=dict(type='int', default=0),
-            host_device=dict(type='str', default='podnet_host'),
             port=dict(type='int', default=probe.DEFAULT_PORT),
             node_name=dict(type='str'),
             pid_dir=dict(type='path', default=health.PID_DIR),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-        ),
+            **endpoint.ARGUMENT_SPEC),
         required_if=[('state', 'present', ['addresses'])],
         supports_check_mode=True,
     )
     netlink.require_pyroute2(module)
     p = module.params
-    name = 'health endpoint %s' % p['netns']
-    with error_funnel(module, name):
-        try:
-            mtu = endpoint.resolve_mtu(p['mtu'], p['host_device']) if p['state'] == 'present' else 0
-            desired = health.desired_state(p['netns'], p['device'], p['addresses'], p['router'], p['router_ipv6'],
-                                           mtu, p['port'], p['node_name'] or socket.gethostname(), p['state'],
-                                           pid_dir=p['pid_dir'])
-        except endpoint.EndpointError as e:
-            module.fail_json(msg=str(e))
-
-        result = Reconciler(
-            module, lambda: health.read(endpoint.open_ipr, p['netns'], p['device'], desired['pidfile']),
-            plan=lambda realized: health.plan(desired, realized),
-            apply=lambda action: health.apply_action(endpoint.open_ipr, sys.executable, p['netns'], action),
-            project=lambda realized, actions: health.project(desired, realized, actions),
-            name=name,
-        ).run()
-
-        after = result['state']
-        endpoint.check_converged(module, name, health.plan(desired, after), result)
-        result['pid'] = after['responder'].get('pid')
-        result['arp_ignore'] = endpoint.arp_ignore(p['device'])
-        if p['state'] == 'present':
-            by_fam = endpoint.addresses_by_family(after, desired)
-            result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu, port=p['port'])
-            endpoint.warn_unreachable_router(module, p['device'], by_fam, result['arp_ignore'], p['router'],
-                                             p['router_ipv6'])
+    ns, device = p['netns'], p['device']
+    pidfile = health.pidfile_path(ns, p['pid_dir'])
+    result, desired = endpoint.run_module(
+        module, 'health endpoint %s' % ns, device,
+        lambda mtu: health.desired_state(ns, device, p['addresses'], p['router'], p['router_ipv6'], mtu, p['port'],
+                                         p['node_name'] or socket.gethostname(), p['state'], pid_dir=p['pid_dir']),
+        read=lambda: health.read(endpoint.open_ipr, ns, device, pidfile),
+        plan=health.plan,
+        apply=lambda action: health.apply_action(endpoint.open_ipr, sys.executable, ns, action),
+        project=health.project)
+    result['pid'] = result['state']['responder'].get('pid')
+    if p['state'] == 'present':
+        result['port'] = p['port']
     module.exit_json(**result)
 
 

@@ -6,7 +6,7 @@ time from a new node's speaker starting (its process start time) to its route be
 kernel and in a peer node's kernel, polled every 50 ms.
 
 Every test stands alone. The module fixture purges what a killed run left of `pbg`, brings up a
-bare 3-node lab and tears it down whatever happens, checking that no daemon the tests saw is still
+bare 2-node lab and tears it down whatever happens, checking that no daemon the tests saw is still
 running and nothing of the lab is left. Each test starts from the state it names: `ensure_bare()`
 (no speaker anywhere) or `ensure_bgp(n)` (n nodes running BIRD, the ToR FRR, all converged). Both
 remember what the last test left, so a file run in order re-runs nothing it does not need; a test
@@ -62,20 +62,20 @@ def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp('bgp')
     cluster = base / 'cluster.yml'
     cluster.write_text(yaml.safe_dump(CLUSTER))
+    inv2 = write_lab_inventory(str(base / 'inv2'), PREFIX, nodes=2, cluster_vars=str(cluster))
     inv3 = write_lab_inventory(str(base / 'inv3'), PREFIX, nodes=3, cluster_vars=str(cluster))
-    inv4 = write_lab_inventory(str(base / 'inv4'), PREFIX, nodes=4, cluster_vars=str(cluster))
     # What a killed earlier run left: its daemons die with the members, its files with the lab dir.
     labutil.purge(PREFIX)
     # pids: {pid: start time} of every daemon a test saw (a PID alone could be reused meanwhile).
-    # state: 'bare', 'bgp3', 'bgp4', 'absent', 'down' or None (unknown); n: the lab's node count.
-    state = {'inv3': inv3, 'inv4': inv4, 'pids': {}, 'state': None, 'n': None, 'convergence': []}
+    # state: 'bare', 'bgp2', 'bgp3', 'absent', 'down' or None (unknown); n: the lab's node count.
+    state = {'inv2': inv2, 'inv3': inv3, 'pids': {}, 'state': None, 'n': None, 'convergence': []}
     try:
-        run_ok('lab_up.yml', inv3)
-        state.update(state='bare', n=3)
+        run_ok('lab_up.yml', inv2)
+        state.update(state='bare', n=2)
         yield state
     finally:
         if state['state'] != 'down':    # test_lab_down_leaves_no_daemon_and_no_namespace took it down
-            run_ok('lab_down.yml', inv4)
+            run_ok('lab_down.yml', inv3)
         left = sorted(p for p, t in state['pids'].items() if same_process(p, t))
         assert not left, 'daemons left: %s' % left
         labutil.assert_lab_gone(PREFIX)
@@ -106,12 +106,12 @@ def lab_up(lab, n):
 
 
 def ensure_bare(lab):
-    """A lab of 3 nodes where no speaker ever ran: nothing in /etc/podnet, no BGP route anywhere."""
+    """A lab of 2 nodes where no speaker ever ran: nothing in /etc/podnet, no BGP route anywhere."""
     if lab['state'] == 'bare':
         return
     changing(lab)
     labutil.purge(PREFIX)
-    lab_up(lab, 3)
+    lab_up(lab, 2)
     lab['state'] = 'bare'
 
 
@@ -238,9 +238,9 @@ def speaker_routes(member):
 def test_check_mode_starts_nothing(lab):
     ensure_bare(lab)
     changing(lab)
-    run_bgp(lab['inv3'], check=True)
-    assert speaker_pids(lab, nodes(3) + [TOR]) == dict((m, {}) for m in nodes(3) + [TOR])
-    for m in nodes(3) + [TOR]:
+    run_bgp(lab['inv2'], check=True)
+    assert speaker_pids(lab, nodes(2) + [TOR]) == dict((m, {}) for m in nodes(2) + [TOR])
+    for m in nodes(2) + [TOR]:
         assert not speaker_routes(m)
         assert nsenter(PREFIX, m, ['ls', '/etc/podnet'], check=False) == ''
     lab['state'] = 'bare'
@@ -249,13 +249,13 @@ def test_check_mode_starts_nothing(lab):
 def test_nodes_advertise_their_cidrs_and_pod_traffic_crosses_the_tor(lab):
     ensure_bare(lab)
     changing(lab)
-    run_bgp(lab['inv3'])
-    pids = speaker_pids(lab, nodes(3) + [TOR])
-    assert all(set(pids[n]) == {'bird'} for n in nodes(3)) and set(pids[TOR]) == {'zebra', 'bgpd'}, pids
-    wait_for('BGP convergence', lambda: converged(nodes(3)))
-    lab['state'] = 'bgp3'
+    run_bgp(lab['inv2'])
+    pids = speaker_pids(lab, nodes(2) + [TOR])
+    assert all(set(pids[n]) == {'bird'} for n in nodes(2)) and set(pids[TOR]) == {'zebra', 'bgpd'}, pids
+    wait_for('BGP convergence', lambda: converged(nodes(2)))
+    lab['state'] = 'bgp2'
     # One pod address per node (on lo: the test's own stand-in for a pod), then ICMP between them.
-    for n in nodes(3):
+    for n in nodes(2):
         nsenter(PREFIX, n, ['ip', 'addr', 'replace', cidr(n).replace('0/24', '1/32'), 'dev', 'lo'])
     src, dst = '10.244.1.1', '10.244.2.1'
     ok = subprocess.run(['nsenter', '--net=/run/netns/%s-node1' % PREFIX, 'ping', '-c', '1', '-W', '2', '-I', src, dst],
@@ -272,11 +272,11 @@ def test_nodes_advertise_their_cidrs_and_pod_traffic_crosses_the_tor(lab):
 
 
 def test_second_run_changes_nothing_and_restarts_nothing(lab):
-    ensure_bgp(lab, 3)
-    before = speaker_pids(lab, nodes(3) + [TOR])
-    out = run_bgp(lab['inv3'])
+    ensure_bgp(lab, 2)
+    before = speaker_pids(lab, nodes(2) + [TOR])
+    out = run_bgp(lab['inv2'])
     assert all(v['changed'] == 0 for v in recap(out).values()), recap(out)
-    assert speaker_pids(lab, nodes(3) + [TOR]) == before
+    assert speaker_pids(lab, nodes(2) + [TOR]) == before
 
 
 class Poller(object):
@@ -331,36 +331,36 @@ def convergence_sample(lab, poll, node):
     return sample
 
 
-def test_a_fourth_node_joins_without_touching_the_others(lab):
-    ensure_bgp(lab, 3)
+def test_a_third_node_joins_without_touching_the_others(lab):
+    ensure_bgp(lab, 2)
     changing(lab)
-    members = nodes(3) + [TOR]
+    members = nodes(2) + [TOR]
     before = speaker_pids(lab, members)
-    lab_up(lab, 4)
-    with Poller(cidr('node4'), [TOR, 'node1']) as poll:
-        rc, out = run(lab['inv4'])
+    lab_up(lab, 3)
+    with Poller(cidr('node3'), [TOR, 'node1']) as poll:
+        rc, out = run(lab['inv3'])
     assert rc == 0, out[-6000:]
     # The ToR takes the new neighbour by itself (listen range); no other node's config changes.
     assert all(recap(out)[m]['changed'] == 0 for m in members), recap(out)
     assert speaker_pids(lab, members) == before
-    wait_for('BGP convergence with node4', lambda: converged(nodes(4)))
-    lab['state'] = 'bgp4'
-    sample = convergence_sample(lab, poll, 'node4')
-    print('BGP convergence (node4 join): speaker start -> ToR kernel %.2f s, -> node1 kernel %.2f s' % sample)
+    wait_for('BGP convergence with node3', lambda: converged(nodes(3)))
+    lab['state'] = 'bgp3'
+    sample = convergence_sample(lab, poll, 'node3')
+    print('BGP convergence (node3 join): speaker start -> ToR kernel %.2f s, -> node1 kernel %.2f s' % sample)
     assert all(0 < c < 3.0 for c in sample), sample
 
 
 def test_convergence_of_a_restarted_speaker(lab):
-    """Two more samples: node4's speaker removed, then started again by the role."""
-    ensure_bgp(lab, 4)
+    """Two more samples: node3's speaker removed, then started again by the role."""
+    ensure_bgp(lab, 3)
     changing(lab)
     for _round in range(2):
-        run_bgp(lab['inv4'], '--limit', 'node4', '-e', 'bgp_test_state=absent')
-        wait_for('node4 withdrawn', lambda: [m for m in (TOR, 'node1') if cidr('node4') in ip_routes(m)])
-        with Poller(cidr('node4'), [TOR, 'node1']) as poll:
-            rc, out = run(lab['inv4'], '--limit', 'node4')
+        run_bgp(lab['inv3'], '--limit', 'node3', '-e', 'bgp_test_state=absent')
+        wait_for('node3 withdrawn', lambda: [m for m in (TOR, 'node1') if cidr('node3') in ip_routes(m)])
+        with Poller(cidr('node3'), [TOR, 'node1']) as poll:
+            rc, out = run(lab['inv3'], '--limit', 'node3')
         assert rc == 0, out[-6000:]
-        convergence_sample(lab, poll, 'node4')
+        convergence_sample(lab, poll, 'node3')
     # With the join test's sample when it ran in this module.
     tor = [c[0] for c in lab['convergence']]
     peer = [c[1] for c in lab['convergence']]
@@ -368,58 +368,58 @@ def test_convergence_of_a_restarted_speaker(lab):
           '%.2f s (%.2f-%.2f)' % (len(tor), statistics.median(tor), min(tor), max(tor),
                                   statistics.median(peer), min(peer), max(peer)))
     assert all(0 < c < 3.0 for c in tor + peer), lab['convergence']
-    wait_for('BGP convergence', lambda: converged(nodes(4)))
-    lab['state'] = 'bgp4'
+    wait_for('BGP convergence', lambda: converged(nodes(3)))
+    lab['state'] = 'bgp3'
 
 
 def test_config_change_reloads_bird_without_restart(lab):
-    ensure_bgp(lab, 4)
+    ensure_bgp(lab, 3)
     changing(lab)
     pid = speaker_pids(lab, ['node1'])['node1']['bird']
-    out = run_bgp(lab['inv4'], '--limit', 'node1', '-e', '{"bgp_test_extra_prefixes": ["10.99.1.0/24"]}')
+    out = run_bgp(lab['inv3'], '--limit', 'node1', '-e', '{"bgp_test_extra_prefixes": ["10.99.1.0/24"]}')
     assert 'RUNNING HANDLER [podnet.fabric.bgp : Reload BIRD (lab process)]' in out
-    wait_for('10.99.1.0/24 learned', lambda: converged(nodes(4), {'10.99.1.0/24': node_ip('node1')}))
+    wait_for('10.99.1.0/24 learned', lambda: converged(nodes(3), {'10.99.1.0/24': node_ip('node1')}))
     assert speaker_pids(lab, ['node1'])['node1'] == {'bird': pid}
-    run_bgp(lab['inv4'], '--limit', 'node1')
-    wait_for('10.99.1.0/24 withdrawn', lambda: [m for m in nodes(4) + [TOR] if '10.99.1.0/24' in ip_routes(m)])
+    run_bgp(lab['inv3'], '--limit', 'node1')
+    wait_for('10.99.1.0/24 withdrawn', lambda: [m for m in nodes(3) + [TOR] if '10.99.1.0/24' in ip_routes(m)])
     assert speaker_pids(lab, ['node1'])['node1'] == {'bird': pid}
-    lab['state'] = 'bgp4'
+    lab['state'] = 'bgp3'
 
 
 def test_frr_speaker_on_a_node_reloads_without_restart_and_hands_back_to_bird(lab):
-    ensure_bgp(lab, 4)
+    ensure_bgp(lab, 3)
     changing(lab)
     old_bird = speaker_pids(lab, ['node2'])['node2']['bird']
-    run_bgp(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr')
+    run_bgp(lab['inv3'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr')
     frr = speaker_pids(lab, ['node2'])['node2']
     assert set(frr) == {'zebra', 'bgpd'} and not alive(old_bird), frr
-    wait_for('BGP convergence with FRR on node2', lambda: converged(nodes(4)))
+    wait_for('BGP convergence with FRR on node2', lambda: converged(nodes(3)))
     assert set(r['protocol'] for r in speaker_routes('node2').values()) == {'bgp'}   # zebra installed them
 
-    out = run_bgp(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
+    out = run_bgp(lab['inv3'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
                   '-e', '{"bgp_test_extra_prefixes": ["10.99.2.0/24"]}')
     assert 'RUNNING HANDLER [podnet.fabric.bgp : Reload bgpd (lab process)]' in out
-    wait_for('10.99.2.0/24 learned', lambda: converged(nodes(4), {'10.99.2.0/24': node_ip('node2')}))
+    wait_for('10.99.2.0/24 learned', lambda: converged(nodes(3), {'10.99.2.0/24': node_ip('node2')}))
     assert speaker_pids(lab, ['node2'])['node2'] == frr
-    out = run_bgp(lab['inv4'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
+    out = run_bgp(lab['inv3'], '--limit', 'node2', '-e', 'bgp_test_speaker=frr',
                   '-e', '{"bgp_test_extra_prefixes": ["10.99.2.0/24"]}')
     assert recap(out)['node2']['changed'] == 0, out
 
-    run_bgp(lab['inv4'], '--limit', 'node2')
+    run_bgp(lab['inv3'], '--limit', 'node2')
     pids = speaker_pids(lab, ['node2'])['node2']
     assert set(pids) == {'bird'} and not any(alive(p) for p in frr.values())
     assert nsenter(PREFIX, 'node2', ['ls', '/etc/podnet/bgp']).split() == ['bird.conf']
-    wait_for('BGP convergence back on BIRD', lambda: converged(nodes(4)) + [
-        '10.99.2.0/24 still at %s' % m for m in nodes(4) + [TOR] if '10.99.2.0/24' in ip_routes(m)])
-    lab['state'] = 'bgp4'
+    wait_for('BGP convergence back on BIRD', lambda: converged(nodes(3)) + [
+        '10.99.2.0/24 still at %s' % m for m in nodes(3) + [TOR] if '10.99.2.0/24' in ip_routes(m)])
+    lab['state'] = 'bgp3'
 
 
 def test_absent_removes_speakers_routes_and_config(lab):
-    ensure_bgp(lab, 4)
+    ensure_bgp(lab, 3)
     changing(lab)
-    members = nodes(4) + [TOR]
+    members = nodes(3) + [TOR]
     before = speaker_pids(lab, members)
-    run_bgp(lab['inv4'], '-e', 'bgp_test_state=absent', check=True)
+    run_bgp(lab['inv3'], '-e', 'bgp_test_state=absent', check=True)
     assert speaker_pids(lab, members) == before
     # A speaker killed outright cannot withdraw its kernel routes: the role must.
     killed = before['node3']['bird']
@@ -427,8 +427,8 @@ def test_absent_removes_speakers_routes_and_config(lab):
     wait_for('node3 bird gone', lambda: [killed] if alive(killed) else [])
     assert speaker_routes('node3')
 
-    run_bgp(lab['inv4'], '-e', 'bgp_test_state=absent')
-    for n in nodes(4):
+    run_bgp(lab['inv3'], '-e', 'bgp_test_state=absent')
+    for n in nodes(3):
         assert not any(alive(p) for p in before[n].values())
         assert speaker_pids(lab, [n])[n] == {}
         assert speaker_routes(n) == {}, n
@@ -436,29 +436,29 @@ def test_absent_removes_speakers_routes_and_config(lab):
         left = nsenter(PREFIX, n, ['ls', '/etc/podnet', '/run/podnet'], check=False).split()
         assert [f for f in left if f != 'node.lock'] == ['/etc/podnet:', '/run/podnet:'], (n, left)
     wait_for('the ToR forgets the nodes', lambda: [p for p in tor_rib() if p.startswith('10.')] + list(speaker_routes(TOR)))
-    out = run_bgp(lab['inv4'], '-e', 'bgp_test_state=absent')
-    assert all(recap(out)[n]['changed'] == 0 for n in nodes(4)), recap(out)
+    out = run_bgp(lab['inv3'], '-e', 'bgp_test_state=absent')
+    assert all(recap(out)[n]['changed'] == 0 for n in nodes(3)), recap(out)
 
     # No BGP in the cluster (tunnel mode): the ToR runs no daemon and keeps no config.
     tunnel = ['-e', '{"podnet_routing": {"mode": "tunnel"}}']
-    run_ok('lab_tor.yml', lab['inv4'], extra=tunnel)
+    run_ok('lab_tor.yml', lab['inv3'], extra=tunnel)
     assert not any(alive(p) for p in before[TOR].values())
     assert speaker_pids(lab, [TOR])[TOR] == {}
     assert nsenter(PREFIX, TOR, ['ls', '/etc/podnet', '/run'], check=False).split() == ['/etc/podnet:', '/run:', 'podnet']
     assert nsenter(PREFIX, TOR, ['sysctl', '-n', 'net.ipv4.conf.all.send_redirects']).strip() == '1'
-    out = run_ok('lab_tor.yml', lab['inv4'], extra=tunnel)
+    out = run_ok('lab_tor.yml', lab['inv3'], extra=tunnel)
     assert recap(out)[TOR]['changed'] == 0, out
     lab['state'] = 'absent'
 
 
 def test_lab_down_leaves_no_daemon_and_no_namespace(lab):
-    # Every daemon running (4 BIRDs, the ToR's zebra and bgpd), then the lab goes.
-    ensure_bgp(lab, 4)
-    running = speaker_pids(lab, nodes(4) + [TOR])
-    assert sum(len(v) for v in running.values()) == 6, running
+    # Every daemon running (3 BIRDs, the ToR's zebra and bgpd), then the lab goes.
+    ensure_bgp(lab, 3)
+    running = speaker_pids(lab, nodes(3) + [TOR])
+    assert sum(len(v) for v in running.values()) == 5, running
     changing(lab)
     lab['n'] = None
-    run_ok('lab_down.yml', lab['inv4'])
+    run_ok('lab_down.yml', lab['inv3'])
     lab.update(state='down', n=0)
     left = [p for m in running.values() for p in m.values() if same_process(p, lab['pids'][p])]
     assert not left, 'daemons left: %s' % left
