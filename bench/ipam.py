@@ -38,7 +38,8 @@ import tracemalloc
 
 import _common  # first: makes ansible_collections.podnet.fabric importable (here and in each child)
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 
 TARGET_ALLOC = 1.0
 TARGET_NOOP = 0.5
@@ -68,7 +69,7 @@ def child(scenario, n):
         cfg = {'backend': 'file', 'path': os.path.join(tmp, 'a', 'ledger.json')}
 
         def plan(doc):
-            return ipam.plan_cluster(model, doc, run)[0]
+            return ipam_plan.plan_cluster(model, doc, run)[0]
 
         t0, c0 = time.perf_counter(), time.process_time()
         led = ledger.open_ledger(cfg, cluster='bench')
@@ -88,14 +89,14 @@ def child(scenario, n):
 
         t0, c0 = time.perf_counter(), time.process_time()
         cur = ledger.open_ledger(cfg, cluster='bench').read()
-        new, changes = ipam.plan_cluster(model, cur, run)
+        new, changes = ipam_plan.plan_cluster(model, cur, run)
         t_read_plan, c_read_plan = time.perf_counter() - t0, time.process_time() - c0
         assert new is cur and not changes
         # one node joins a full cluster: every existing block is parsed and marked in use
         model['nodes']['node-new'] = dict(model['nodes'][run[0]])
         t0, c0 = time.perf_counter(), time.process_time()
         doc3, changed3 = ledger.open_ledger(cfg, cluster='bench').update(
-            lambda d: ipam.plan_cluster(model, d, ['node-new'])[0])
+            lambda d: ipam_plan.plan_cluster(model, d, ['node-new'])[0])
         t_add1, c_add1 = time.perf_counter() - t0, time.process_time() - c0
         assert changed3 and len(doc3['nodes']) == n + 1
         maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -7,7 +7,9 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 
 
@@ -47,7 +49,7 @@ class ActionModule(ctl.IpamAction):
         seen = {}
 
         def plan(doc):
-            new, changes = ipam.plan_cluster(model, doc, run, prune=prune, node_docs=node_docs)
+            new, changes = ipam_plan.plan_cluster(model, doc, run, prune=prune, node_docs=node_docs)
             seen['before'] = doc
             seen['changes'] = changes
             return new
@@ -63,11 +65,11 @@ class ActionModule(ctl.IpamAction):
         changes = seen.get('changes', [])
 
         allocations = dict((n, ctl.lease_of(after, n, mode)) for n in run)
-        waiting = sorted((n for n in run if allocations[n] is None and mode != 'eni'), key=ipam.natural_key)
+        waiting = sorted((n for n in run if allocations[n] is None and mode != 'eni'), key=ipam_cidr.natural_key)
         old_nodes = before.get('nodes') or {}
         new_nodes = after.get('nodes') or {}
         moved = sorted((n for n in set(old_nodes) | set(new_nodes) if old_nodes.get(n) != new_nodes.get(n)),
-                       key=ipam.natural_key)
+                       key=ipam_cidr.natural_key)
         counts = {}
         for c in changes:
             counts[c['action']] = counts.get(c['action'], 0) + 1
@@ -75,7 +77,7 @@ class ActionModule(ctl.IpamAction):
         result.update(
             changed=bool(changed),
             allocations=allocations,
-            cluster=ipam.cluster_map(after),
+            cluster=ipam_lease.cluster_map(after),
             changes=changes,
             waiting=waiting,
             ledger={'backend': led.backend, 'location': led.location, 'serial': after.get('serial', 0)},

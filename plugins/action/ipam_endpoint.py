@@ -15,7 +15,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils import statefile
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
@@ -15,9 +18,9 @@ from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import pla
 def _summary(doc):
     """{node: {'cidrs': [...], 'pools_used': {...}}} of a ledger document (for the result)."""
     out = {}
-    for n in sorted((doc or {}).get('nodes') or {}, key=ipam.natural_key):
+    for n in sorted((doc or {}).get('nodes') or {}, key=ipam_cidr.natural_key):
         entry = doc['nodes'][n]
-        cidrs = ipam.lease_cidrs(ipam.node_lease(doc, n))
+        cidrs = ipam_lease.lease_cidrs(ipam_lease.node_lease(doc, n))
         out[n] = {'cidrs': cidrs['ipv4'] + cidrs['ipv6'], 'pools_used': entry.get('pools_used') or {}}
     return out
 
@@ -34,12 +37,12 @@ class ActionModule(ctl.IpamAction):
         force = boolean(args.get('force', False), strict=True)
         allow_missing = boolean(args.get('allow_missing', False), strict=True)
 
-        leases, usage, warnings = ipam.rebuild_inputs(model, reports, allow_missing)
-        rebuilt = ipam.rebuild_from_leases(model, leases, usage)
+        leases, usage, warnings = ipam_plan.rebuild_inputs(model, reports, allow_missing)
+        rebuilt = ipam_plan.rebuild_from_leases(model, leases, usage)
         led = ctl.open_ledger(model)
 
         def build(current):
-            return ipam.plan_rebuild(current, rebuilt, force)
+            return ipam_plan.plan_rebuild(current, rebuilt, force)
 
         check = self._task.check_mode
         if check:

@@ -9,7 +9,7 @@ import os
 import tempfile
 
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_report as render
 
@@ -46,7 +46,7 @@ class ActionModule(ctl.IpamAction):
         node_docs = None
         if model['ipam']['mode'] == 'crd':
             node_docs = dict((n, led.read_node_doc(n)) for n in led.list_node_docs())
-        report = ipam.utilization(model, doc, node_docs)
+        report = ipam_plan.utilization(model, doc, node_docs)
         report['ledger'] = {'backend': led.backend, 'location': led.location}
         max_nodes = int(args.get('max_nodes', 50))
         result.update(changed=False, utilization=report,

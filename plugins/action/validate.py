@@ -7,7 +7,7 @@ from __future__ import annotations
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.podnet.fabric.plugins.module_utils import inventory
+from ansible_collections.podnet.fabric.plugins.plugin_utils import inventory
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
 CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')

@@ -161,7 +161,10 @@ import ipaddress
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ipfamily, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils import ipfamily, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import endpoints as ipam_endpoints
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
@@ -172,20 +175,20 @@ def _held(store, endpoint_id):
 
 def plan_present(store, lease, endpoint_id, family, labels):
     """Pure: (new_store, pool, actions, warnings) for an endpoint that must hold addresses."""
-    pool, blocks = ipam.endpoint_source(lease, labels)
-    families = [family] if family else [f for f in ipam.FAMILIES if blocks.get(f)]
+    pool, blocks = ipam_lease.endpoint_source(lease, labels)
+    families = [family] if family else [f for f in ipam_cidr.FAMILIES if blocks.get(f)]
     if not families:
-        raise ipam.IpamError("pool '%s': node %s has no CIDRs to allocate from" % (pool, (lease or {}).get('node')))
+        raise ipam_cidr.IpamError("pool '%s': node %s has no CIDRs to allocate from" % (pool, (lease or {}).get('node')))
     old_used = (store or {}).get('used') or {}
     new = store
     actions = []
     warnings = []
     for fam in families:
         for ip, rec in sorted(_held(store, endpoint_id).items()):
-            if ipfamily.family_of(ip) == fam and rec.get('pool', ipam.DEFAULT_POOL) != pool:
-                raise ipam.IpamError("endpoint %s holds %s from pool '%s', not '%s'; release it "
+            if ipfamily.family_of(ip) == fam and rec.get('pool', ipam_cidr.DEFAULT_POOL) != pool:
+                raise ipam_cidr.IpamError("endpoint %s holds %s from pool '%s', not '%s'; release it "
                                      "(state=absent) to move it" % (endpoint_id, ip, rec.get('pool'), pool))
-        new, ip = ipam.plan_endpoint_ip(new, blocks.get(fam) or [], endpoint_id, fam, pool=pool)
+        new, ip = ipam_endpoints.plan_endpoint_ip(new, blocks.get(fam) or [], endpoint_id, fam, pool=pool)
         if ip not in old_used:
             actions.append({'action': 'allocate', 'family': fam, 'ip': ip, 'pool': pool})
         elif not _inside(ip, blocks.get(fam) or []):
@@ -198,7 +201,7 @@ def plan_present(store, lease, endpoint_id, family, labels):
 def plan_absent(store, endpoint_id, family):
     """Pure: (new_store, pool, actions) for an endpoint that must hold no addresses (of family)."""
     used = (store or {}).get('used') or {}
-    new, released = ipam.release_endpoint_ip(store, endpoint_id, family)
+    new, released = ipam_endpoints.release_endpoint_ip(store, endpoint_id, family)
     actions = [{'action': 'release', 'family': ipfamily.family_of(ip), 'ip': ip,
                 'pool': (used[ip] or {}).get('pool')} for ip in released]
     pools = sorted(set(a['pool'] for a in actions if a['pool']))
@@ -238,18 +241,18 @@ def main():
     if not endpoint.strip():
         module.fail_json(msg='endpoint_id: must not be empty')
     try:
-        lease, error = statefile.read_json_checked(p['lease_path'], ipam.lease_problem)
+        lease, error = statefile.read_json_checked(p['lease_path'], ipam_lease.lease_problem)
     except statefile.StateFileError as e:
         module.fail_json(msg='endpoint %s: %s' % (endpoint, e))
     if error:
-        module.fail_json(msg='endpoint %s: %s; %s' % (endpoint, error, ipam.LEASE_RESTORE_HINT))
+        module.fail_json(msg='endpoint %s: %s; %s' % (endpoint, error, ipam_lease.LEASE_RESTORE_HINT))
     if p['state'] == 'present' and lease is None:
         module.fail_json(msg='%s: no IPAM lease on this node; run the podnet.fabric.ipam role '
                              '(playbooks/site.yml) first' % p['lease_path'])
     planned = {'warnings': [], 'pool': None, 'new': None}
 
     def read():
-        return statefile.read_json(p['store_path']) or ipam.empty_store()
+        return statefile.read_json(p['store_path']) or ipam_endpoints.empty_store()
 
     def plan(store):
         if p['state'] == 'present':
@@ -265,11 +268,11 @@ def main():
         with statefile.locked(p['store_path']):
             store = read()
             if action['action'] == 'allocate':
-                blocks = ipam.endpoint_source(lease, labels)[1]
-                new, ip = ipam.plan_endpoint_ip(store, blocks.get(action['family']) or [], endpoint,
+                blocks = ipam_lease.endpoint_source(lease, labels)[1]
+                new, ip = ipam_endpoints.plan_endpoint_ip(store, blocks.get(action['family']) or [], endpoint,
                                                 action['family'], pool=action['pool'])
                 if ip != action['ip']:
-                    raise ipam.IpamError('the store changed while %s was planned: %s is no longer the address '
+                    raise ipam_cidr.IpamError('the store changed while %s was planned: %s is no longer the address '
                                          'to allocate (%s is)' % (endpoint, action['ip'], ip))
             else:
                 new = _release_ip(store, endpoint, action['ip'])
@@ -290,10 +293,10 @@ def main():
         pool=planned['pool'],
         ips=dict((ipfamily.family_of(ip), ip) for ip in sorted(_held(after, endpoint))),
         released=[a['ip'] for a in result['plan'] if a['action'] == 'release'],
-        usage=ipam.store_usage(after),
-        node_used=ipam.store_crd_used(after),
+        usage=ipam_endpoints.store_usage(after),
+        node_used=ipam_endpoints.store_crd_used(after),
         mode=(lease or {}).get('mode'),
-        router_ips=ipam.lease_router_ips(lease) if lease else [],
+        router_ips=ipam_lease.lease_router_ips(lease) if lease else [],
     )
     module.exit_json(**result)
 

@@ -128,7 +128,9 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils import statefile
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec
 
 
@@ -139,8 +141,8 @@ def _canonical_lease(module, lease):
         if key not in lease:
             module.fail_json(msg='lease: missing key %r (pass ipam_allocate\'s allocations[node])' % key)
     try:
-        ipam.lease_router_ips(lease)
-    except ipam.IpamError as e:
+        ipam_lease.lease_router_ips(lease)
+    except ipam_cidr.IpamError as e:
         module.fail_json(msg='lease: %s' % e)
     return lease
 
@@ -161,9 +163,9 @@ def main():
     aside = statefile.aside_path(path, 'corrupt')
 
     def read():
-        lease, error = statefile.read_json_checked(path, ipam.lease_problem)
+        lease, error = statefile.read_json_checked(path, ipam_lease.lease_problem)
         if error and read_only:
-            module.fail_json(msg='%s; %s' % (error, ipam.LEASE_RESTORE_HINT))
+            module.fail_json(msg='%s; %s' % (error, ipam_lease.LEASE_RESTORE_HINT))
         return dict({'lease': lease}, **({'unreadable': error} if error else {}))
 
     def apply(action):
@@ -176,7 +178,7 @@ def main():
 
     result = Reconciler(
         module, read,
-        plan=lambda realized: [] if read_only else ipam.plan_lease(desired, realized, path, aside),
+        plan=lambda realized: [] if read_only else ipam_lease.plan_lease(desired, realized, path, aside),
         apply=apply,
         project=lambda realized, actions: {'lease': desired},
         name='ipam_node',
@@ -184,9 +186,9 @@ def main():
 
     try:
         lease = result['state']['lease']
-        result.update(lease=lease, cidrs=ipam.lease_cidrs(lease), router_ips=ipam.lease_router_ips(lease),
-                      addresses=ipam.lease_host_addresses(lease))
-    except ipam.IpamError as e:
+        result.update(lease=lease, cidrs=ipam_lease.lease_cidrs(lease), router_ips=ipam_lease.lease_router_ips(lease),
+                      addresses=ipam_lease.lease_host_addresses(lease))
+    except ipam_cidr.IpamError as e:
         module.fail_json(msg=str(e))
     del result['state']
     before = result['diff']['before']
@@ -196,7 +198,7 @@ def main():
     for a in kept:
         module.warn('%s; %s the bad file as %s and %s the ledger\'s lease in its place' % (
             a['error'], verb, a['to'], 'would write' if module.check_mode else 'wrote'))
-    drift = ipam.lease_disagreement(before.get('lease'), desired)
+    drift = ipam_lease.lease_disagreement(before.get('lease'), desired)
     if drift:
         module.warn('%s: the stored lease disagreed with the ledger (%s); %s from the ledger' % (
             path, drift, 'would be corrected' if module.check_mode else 'corrected'))

@@ -80,7 +80,10 @@ store_error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, statefile
+from ansible_collections.podnet.fabric.plugins.module_utils import statefile
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import endpoints as ipam_endpoints
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 
 
 def _store_problem(store):
@@ -99,7 +102,7 @@ def main():
     )
     p = module.params
     try:
-        lease, lease_error = statefile.read_json_checked(p['lease_path'], ipam.lease_problem)
+        lease, lease_error = statefile.read_json_checked(p['lease_path'], ipam_lease.lease_problem)
         store, store_error = statefile.read_json_checked(p['store_path'], _store_problem)
     except statefile.StateFileError as e:
         module.fail_json(msg=str(e))
@@ -107,8 +110,8 @@ def main():
         changed=False,
         lease=lease,
         lease_error=lease_error,
-        usage=ipam.store_usage(store),
-        addresses=sorted(((store or {}).get('used') or {}), key=ipam.natural_key),
+        usage=ipam_endpoints.store_usage(store),
+        addresses=sorted(((store or {}).get('used') or {}), key=ipam_cidr.natural_key),
         store_error=store_error,
     )
 

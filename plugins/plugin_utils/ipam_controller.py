@@ -12,7 +12,9 @@ from __future__ import annotations
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
 
@@ -29,7 +31,7 @@ class IpamAction(ActionBase):
         result = super(IpamAction, self).run(tmp, task_vars)
         try:
             return self._run(result, self._task.args, task_vars or {})
-        except (ipam.IpamError, ledger.LedgerError) as e:
+        except (ipam_cidr.IpamError, ledger.LedgerError) as e:
             result.update(failed=True, changed=False, msg=str(e))
         except AnsibleActionFail as e:
             result.update(failed=True, changed=False, msg=e.message)
@@ -91,7 +93,7 @@ def record_use(model, node, usage, node_used):
             led.bucket, led.node_doc_key(node))
         return {'updated': changed, 'location': where, 'record': 'status.ipam.used'}
 
-    counts = ipam.pools_used_record(usage)
+    counts = ipam_lease.pools_used_record(usage)
 
     def set_pools_used(doc):
         entry = doc['nodes'].get(node)
@@ -107,4 +109,4 @@ def record_use(model, node, usage, node_used):
 
 
 def lease_of(doc, node, mode):
-    return ipam.node_lease(doc, node, mode=mode)
+    return ipam_lease.node_lease(doc, node, mode=mode)

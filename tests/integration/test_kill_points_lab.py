@@ -34,9 +34,10 @@ import pytest
 from labutil import (LAB_ROOT, assert_lab_gone, group_alive, nsenter, purge, recap, run_ok, start_playbook,
                      write_lab_inventory)
 
-from ansible_collections.podnet.fabric.plugins.module_utils import health, ipam
+from ansible_collections.podnet.fabric.plugins.module_utils import health
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
-from ansible_collections.podnet.fabric.plugins.module_utils import ledger as ledger_utils
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger as ledger_utils
 
 PREFIX = 'prk'
 NODES = ['node1', 'node2']
@@ -128,7 +129,7 @@ def check_ledger_and_leases(reference):
     except ledger_utils.LedgerError as e:
         return ['ledger: %s' % e]
     nets = [(n, ipaddress.ip_network(c)) for n, e in doc['nodes'].items()
-            for c in ipam.lease_cidrs(ipam.node_lease(doc, n))['ipv4'] + ipam.lease_cidrs(ipam.node_lease(doc, n))['ipv6']]
+            for c in ipam_lease.lease_cidrs(ipam_lease.node_lease(doc, n))['ipv4'] + ipam_lease.lease_cidrs(ipam_lease.node_lease(doc, n))['ipv6']]
     for i, (n1, a) in enumerate(nets):
         for n2, b in nets[i + 1:]:
             if a.version == b.version and a.overlaps(b):
@@ -137,7 +138,7 @@ def check_ledger_and_leases(reference):
         problems.append('ledger: nodes %s differ from the clean converge\'s %s' % (doc['nodes'], reference['nodes']))
     for n in NODES:
         text = nsenter(PREFIX, n, ['cat', LEASE], check=False)
-        want = ipam.node_lease(doc, n, 'cluster-pool')
+        want = ipam_lease.node_lease(doc, n, 'cluster-pool')
         try:
             lease = json.loads(text)
         except ValueError:

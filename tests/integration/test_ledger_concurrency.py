@@ -28,8 +28,8 @@ KILL_NODES = 20000            # ~2 MB ledger: a write takes long enough to be hi
 
 # Workers run this file as a script, without tests/conftest.py: put the checkout's collection on the path.
 sys.path.insert(0, os.path.join(ROOT, 'build', 'collections'))
-from ansible_collections.podnet.fabric.plugins.module_utils import ledger  # noqa: E402 pylint: disable=wrong-import-position
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam  # noqa: E402 pylint: disable=wrong-import-position
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger  # noqa: E402 pylint: disable=wrong-import-position
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 
 
 def node_names(n=NODES):
@@ -63,7 +63,7 @@ def worker_main(cfg_json, index, workers, go_file):
     changed_updates = 0
     for i in range(0, len(mine), BATCH):
         batch = mine[i:i + BATCH]
-        _doc, changed = led.update(lambda d, b=batch: ipam.plan_cluster(model, d, b)[0])
+        _doc, changed = led.update(lambda d, b=batch: ipam_plan.plan_cluster(model, d, b)[0])
         changed_updates += int(changed)
     sys.stdout.write(json.dumps({'worker': index, 'updates': changed_updates,
                                  'conflicts': getattr(led, 'conflicts', 0)}) + '\n')

@@ -18,7 +18,7 @@ import yaml
 
 from labutil import (LAB_ROOT, assert_lab_gone, nsenter, playbook, purge, recap, run_ok, write_lab_inventory)
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
 
 PREFIX = 'prr'
@@ -99,7 +99,7 @@ def test_an_unreadable_lease_is_restored_from_the_ledger_and_a_drifted_one_corre
     doc = lab['original']
     garbage = b'\x00\x13not json at all'
     write_node_file('node1', LEASE, garbage)
-    drifted = ipam.node_lease(doc, 'node2', MODE)
+    drifted = ipam_lease.node_lease(doc, 'node2', MODE)
     drifted['cidrs']['ipv4'] = ['10.244.9.0/24']
     write_node_file('node2', LEASE, json.dumps(drifted).encode())
 
@@ -114,7 +114,7 @@ def test_an_unreadable_lease_is_restored_from_the_ledger_and_a_drifted_one_corre
     assert 'kept the bad file as /var/lib/podnet/ipam/lease.json.corrupt-' in flat(out), out[-6000:]
     assert 'disagreed with the ledger (CIDRs 10.244.9.0/24 -> 10.244.1.0/24); corrected from the ledger' in flat(out)
     for n in NODES:
-        assert json.loads(node_file(n, LEASE)) == ipam.node_lease(doc, n, MODE)
+        assert json.loads(node_file(n, LEASE)) == ipam_lease.node_lease(doc, n, MODE)
     aside = [f for f in node_ls('node1') if f.startswith('lease.json.corrupt-')]
     assert len(aside) == 1 and node_file('node1', '/var/lib/podnet/ipam/' + aside[0]).encode() == garbage
     assert ledger()['nodes'] == doc['nodes']

@@ -1,4 +1,4 @@
-"""plugins/module_utils/inventory.py: the bad/good inventory corpus plus focused tests.
+"""plugins/plugin_utils/inventory.py: the bad/good inventory corpus plus focused tests.
 
 Corpus files (tests/inventories/{bad,good}/*.yml) are overlays on the lab inventory:
 `cluster` keys replace the lab's cluster-level keys (like extra vars), `hosts` keys replace a
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODULE = os.path.join(ROOT, 'plugins', 'module_utils', 'inventory.py')
+MODULE = os.path.join(ROOT, 'plugins', 'plugin_utils', 'inventory.py')
 CORPUS = os.path.join(ROOT, 'tests', 'inventories')
 LAB_CLUSTER = os.path.join(ROOT, 'inventories', 'lab', 'group_vars', 'all', 'cluster.yml')
 LAB_LEDGER = '/run/podnet-lab/pnt/ledger.json'   # the test lab's prefix is pnt
@@ -362,7 +362,8 @@ def test_cluster_key_set_on_one_host_only_is_named():
 
 
 # ---------------------------------------------------------------------------------------------
-# it ships to nodes as module_utils
+# the controller's validation: plain Python that needs nothing but the standard library (and the
+# tunnel facts it shares with the nodes' routing), as old as the oldest Python ansible-core runs on
 
 def test_module_is_python38_compatible():
     with open(MODULE) as f:

@@ -1,12 +1,15 @@
-"""Unit tests for plugins/module_utils/ipam.py (pure allocation logic)."""
+"""Unit tests for plugins/module_utils/ipam/ (blocks, leases, endpoint IPs) and plugins/plugin_utils/ipam_plan.py (the planners)."""
 import copy
 import ipaddress
 
 import pytest
 
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam
-IpamError = ipam.IpamError
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import endpoints as ipam_endpoints
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
+IpamError = ipam_cidr.IpamError
 
 
 def empty_doc():
@@ -70,7 +73,7 @@ def assert_disjoint(cidrs):
 
 def test_cluster_pool_allocates_lowest_free_in_natural_order():
     model = make_model(['node10', 'node2', 'node1'])
-    doc, changes = ipam.plan_cluster(model, empty_doc(), ['node10', 'node2', 'node1'])
+    doc, changes = ipam_plan.plan_cluster(model, empty_doc(), ['node10', 'node2', 'node1'])
     assert cidr_of(doc, 'node1') == ['10.244.0.0/24']
     assert cidr_of(doc, 'node2') == ['10.244.1.0/24']
     assert cidr_of(doc, 'node10') == ['10.244.2.0/24']
@@ -85,9 +88,9 @@ def test_cluster_pool_allocates_lowest_free_in_natural_order():
 def test_plan_does_not_mutate_its_input():
     model = make_model(names(3))
     doc0 = empty_doc()
-    doc1 = ipam.plan_cluster(model, doc0, names(2))[0]
+    doc1 = ipam_plan.plan_cluster(model, doc0, names(2))[0]
     snap = copy.deepcopy(doc1)
-    doc2 = ipam.plan_cluster(model, doc1, names(3))[0]
+    doc2 = ipam_plan.plan_cluster(model, doc1, names(3))[0]
     assert doc0 == empty_doc()
     assert doc1 == snap
     assert doc2 != doc1
@@ -95,23 +98,23 @@ def test_plan_does_not_mutate_its_input():
 
 def test_noop_plan_returns_identical_doc():
     model = make_model(names(50), v6=['fd00::/104'])
-    doc = ipam.plan_cluster(model, empty_doc(), names(50))[0]
-    again, changes = ipam.plan_cluster(model, doc, names(50))
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(50))[0]
+    again, changes = ipam_plan.plan_cluster(model, doc, names(50))
     assert again is doc
     assert changes == []
     # a slice of the fleet is a no-op too
-    again, changes = ipam.plan_cluster(model, doc, names(50)[10:20])
+    again, changes = ipam_plan.plan_cluster(model, doc, names(50)[10:20])
     assert again is doc and changes == []
 
 
 def test_insert_node_in_middle_of_inventory_moves_nothing():
     before = ['a1', 'a2', 'a3', 'a4', 'a5']
     model = make_model(before)
-    doc = ipam.plan_cluster(model, empty_doc(), before)[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), before)[0]
     old = dict((n, cidr_of(doc, n)) for n in before)
     after = ['a1', 'a2', 'a2b', 'a3', 'a4', 'a5']           # inserted in the middle
     model2 = make_model(after)
-    doc2, changes = ipam.plan_cluster(model2, doc, after)
+    doc2, changes = ipam_plan.plan_cluster(model2, doc, after)
     for n in before:
         assert cidr_of(doc2, n) == old[n]
     assert cidr_of(doc2, 'a2b') == ['10.244.5.0/24']
@@ -121,25 +124,25 @@ def test_insert_node_in_middle_of_inventory_moves_nothing():
 
 def test_limit_subset_allocates_only_run_nodes():
     model = make_model(names(6))
-    doc = ipam.plan_cluster(model, empty_doc(), ['node4', 'node5'])[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), ['node4', 'node5'])[0]
     assert sorted(doc['nodes']) == ['node4', 'node5']
-    doc2 = ipam.plan_cluster(model, doc, ['node1'])[0]
+    doc2 = ipam_plan.plan_cluster(model, doc, ['node1'])[0]
     assert cidr_of(doc2, 'node4') == ['10.244.0.0/24']
     assert cidr_of(doc2, 'node1') == ['10.244.2.0/24']
 
 
 def test_removed_node_kept_without_prune_and_released_with_prune():
     model = make_model(names(3))
-    doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(3))[0]
     assert cidr_of(doc, 'node2') == ['10.244.1.0/24']
     # node2 leaves the inventory, node4 joins
     model2 = make_model(['node1', 'node3', 'node4'])
-    kept, changes = ipam.plan_cluster(model2, doc, ['node1', 'node3', 'node4'])
+    kept, changes = ipam_plan.plan_cluster(model2, doc, ['node1', 'node3', 'node4'])
     assert cidr_of(kept, 'node2') == ['10.244.1.0/24']       # kept: no prune
     assert cidr_of(kept, 'node4') == ['10.244.3.0/24']
     assert not [c for c in changes if c['action'] == 'released']
     # with prune: node2's block is released, and the next new node gets it
-    pruned, changes = ipam.plan_cluster(model2, doc, ['node1', 'node3', 'node4'], prune=True)
+    pruned, changes = ipam_plan.plan_cluster(model2, doc, ['node1', 'node3', 'node4'], prune=True)
     assert 'node2' not in pruned['nodes']
     rel = [c for c in changes if c['action'] == 'released']
     assert rel == [{'action': 'released', 'node': 'node2', 'cidrs': ['10.244.1.0/24'],
@@ -150,18 +153,18 @@ def test_removed_node_kept_without_prune_and_released_with_prune():
 
 def test_prune_alone_then_reuse():
     model = make_model(names(3))
-    doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(3))[0]
     model2 = make_model(['node1', 'node3'])
-    pruned = ipam.plan_cluster(model2, doc, [], prune=True)[0]
+    pruned = ipam_plan.plan_cluster(model2, doc, [], prune=True)[0]
     assert sorted(pruned['nodes']) == ['node1', 'node3'] and pruned['serial'] == 2
     model3 = make_model(['node1', 'node3', 'node9'])
-    doc3 = ipam.plan_cluster(model3, pruned, ['node9'])[0]
+    doc3 = ipam_plan.plan_cluster(model3, pruned, ['node9'])[0]
     assert cidr_of(doc3, 'node9') == ['10.244.1.0/24']
 
 
 def test_dual_stack():
     model = make_model(names(3), v6=['fd00::/104'], v6mask=120)
-    doc, changes = ipam.plan_cluster(model, empty_doc(), names(3))
+    doc, changes = ipam_plan.plan_cluster(model, empty_doc(), names(3))
     assert doc['nodes']['node1']['cidrs'] == {'ipv4': ['10.244.0.0/24'], 'ipv6': ['fd00::/120']}
     assert doc['nodes']['node3']['cidrs'] == {'ipv4': ['10.244.2.0/24'], 'ipv6': ['fd00::200/120']}
     assert len([c for c in changes if c['action'] == 'allocated']) == 6
@@ -170,32 +173,32 @@ def test_dual_stack():
 
 def test_adding_ipv6_later_keeps_ipv4():
     model = make_model(names(2))
-    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
     model6 = make_model(names(2), v6=['fd00::/104'])
-    doc6, changes = ipam.plan_cluster(model6, doc, names(2))
+    doc6, changes = ipam_plan.plan_cluster(model6, doc, names(2))
     assert cidr_of(doc6, 'node1') == ['10.244.0.0/24'] and cidr_of(doc6, 'node1', 'ipv6') == ['fd00::/120']
     assert {c['family'] for c in changes if c['action'] == 'allocated'} == {'ipv6'}
 
 
 def test_multiple_cidrs_used_in_order():
     model = make_model(names(3), v4=('10.1.0.0/24', '10.0.0.0/25'), mask=25)
-    doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(3))[0]
     assert [cidr_of(doc, n)[0] for n in names(3)] == ['10.1.0.0/25', '10.1.0.128/25', '10.0.0.0/25']
 
 
 def test_exhaustion_message():
     model = make_model(names(258))
     with pytest.raises(IpamError) as e:
-        ipam.plan_cluster(model, empty_doc(), names(258))
+        ipam_plan.plan_cluster(model, empty_doc(), names(258))
     assert str(e.value) == ("pool 'default' (10.244.0.0/16, mask 24: 256 blocks) is exhausted: "
                             "256 of 256 blocks in use; cannot allocate for node257 (and 1 more node)")
 
 
 def test_exhaustion_counts_existing_allocations():
     model = make_model(names(5), v4=('10.0.0.0/23',), mask=24)
-    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
     with pytest.raises(IpamError) as e:
-        ipam.plan_cluster(model, doc, ['node3'])
+        ipam_plan.plan_cluster(model, doc, ['node3'])
     assert str(e.value) == ("pool 'default' (10.0.0.0/23, mask 24: 2 blocks) is exhausted: "
                             "2 of 2 blocks in use; cannot allocate for node3")
 
@@ -210,24 +213,24 @@ def test_exhaustion_counts_existing_allocations():
 def test_bad_pool_config(v4, mask, msg):
     model = make_model(names(1), v4=v4, mask=mask)
     with pytest.raises(IpamError) as e:
-        ipam.plan_cluster(model, empty_doc(), names(1))
+        ipam_plan.plan_cluster(model, empty_doc(), names(1))
     assert msg in str(e.value)
 
 
 def test_ipv6_mask_too_large():
     model = make_model(names(1), v6=['fd00::/104'], v6mask=129)
     with pytest.raises(IpamError, match=r'mask_size 129 is larger than ipv6 allows \(128\)'):
-        ipam.plan_cluster(model, empty_doc(), names(1))
+        ipam_plan.plan_cluster(model, empty_doc(), names(1))
 
 
 def test_run_node_not_in_model_and_foreign_cluster():
     model = make_model(names(2))
     with pytest.raises(IpamError, match='ghost: in this run but not in the inventory model'):
-        ipam.plan_cluster(model, empty_doc(), ['ghost'])
+        ipam_plan.plan_cluster(model, empty_doc(), ['ghost'])
     doc = empty_doc()
     doc['cluster'] = 'prod'
     with pytest.raises(IpamError, match="belongs to cluster 'prod'"):
-        ipam.plan_cluster(model, doc, names(2))
+        ipam_plan.plan_cluster(model, doc, names(2))
 
 
 def test_existing_odd_allocations_are_avoided():
@@ -236,15 +239,15 @@ def test_existing_odd_allocations_are_avoided():
     doc = empty_doc()
     doc['nodes']['old'] = {'ip': None, 'cidrs': {'ipv4': ['10.244.0.0/23'], 'ipv6': []}, 'pools': {},
                            'allocated_at': 0}
-    new = ipam.plan_cluster(model, doc, names(3))[0]
+    new = ipam_plan.plan_cluster(model, doc, names(3))[0]
     assert [cidr_of(new, n)[0] for n in names(3)] == ['10.244.2.0/24', '10.244.3.0/24', '10.244.4.0/24']
 
 
 def test_node_ip_change_is_recorded():
     model = make_model(names(2))
-    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
     model['nodes']['node1']['ip'] = '192.168.50.99'
-    new, changes = ipam.plan_cluster(model, doc, names(2))
+    new, changes = ipam_plan.plan_cluster(model, doc, names(2))
     assert new['nodes']['node1']['ip'] == '192.168.50.99'
     assert cidr_of(new, 'node1') == cidr_of(doc, 'node1')
     assert [c['action'] for c in changes] == ['updated']
@@ -257,11 +260,11 @@ def test_node_ip_change_is_recorded():
 def test_kubernetes_records_pod_cidrs():
     pc = {'node1': ['10.244.1.0/24', 'fd00:1::/64'], 'node2': ['10.244.2.0/24']}
     model = make_model(names(2), mode='kubernetes', pod_cidrs=pc, cluster_cidrs=['10.244.0.0/16'])
-    doc, changes = ipam.plan_cluster(model, empty_doc(), names(2))
+    doc, changes = ipam_plan.plan_cluster(model, empty_doc(), names(2))
     assert doc['nodes']['node1']['cidrs'] == {'ipv4': ['10.244.1.0/24'], 'ipv6': ['fd00:1::/64']}
     assert doc['nodes']['node2']['cidrs'] == {'ipv4': ['10.244.2.0/24'], 'ipv6': []}
     assert [c['action'] for c in changes] == ['recorded', 'recorded']
-    again, changes = ipam.plan_cluster(model, doc, names(2))
+    again, changes = ipam_plan.plan_cluster(model, doc, names(2))
     assert again is doc and changes == []
 
 
@@ -269,7 +272,7 @@ def test_kubernetes_overlap_conflict_names_both_nodes():
     pc = {'node1': ['10.244.1.0/24'], 'node2': ['10.244.1.128/25']}
     model = make_model(names(2), mode='kubernetes', pod_cidrs=pc)
     with pytest.raises(IpamError) as e:
-        ipam.plan_cluster(model, empty_doc(), names(2))
+        ipam_plan.plan_cluster(model, empty_doc(), names(2))
     assert str(e.value) == ('podnet_pod_cidrs conflict: node2 claims 10.244.1.128/25, '
                             'which overlaps 10.244.1.0/24 held by node1')
 
@@ -277,9 +280,9 @@ def test_kubernetes_overlap_conflict_names_both_nodes():
 def test_kubernetes_conflict_with_ledger_node_outside_run():
     pc = {'node1': ['10.244.1.0/24'], 'node2': ['10.244.1.0/24']}
     model = make_model(names(2), mode='kubernetes', pod_cidrs=pc)
-    doc = ipam.plan_cluster(model, empty_doc(), ['node1'])[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), ['node1'])[0]
     with pytest.raises(IpamError) as e:
-        ipam.plan_cluster(model, doc, ['node2'])                # --limit node2
+        ipam_plan.plan_cluster(model, doc, ['node2'])                # --limit node2
     assert str(e.value) == 'podnet_pod_cidrs conflict: node1 and node2 both claim 10.244.1.0/24'
 
 
@@ -288,17 +291,17 @@ def test_kubernetes_outside_cluster_cidr_and_empty():
                        cluster_cidrs=['10.244.0.0/16'])
     with pytest.raises(IpamError, match=r'node1: podnet_pod_cidrs: 10.245.0.0/24 is outside the cluster '
                                         r'CIDRs \(10.244.0.0/16\)'):
-        ipam.plan_cluster(model, empty_doc(), names(1))
+        ipam_plan.plan_cluster(model, empty_doc(), names(1))
     model = make_model(names(1), mode='kubernetes')
     with pytest.raises(IpamError, match='node1: podnet_pod_cidrs: empty'):
-        ipam.plan_cluster(model, empty_doc(), names(1))
+        ipam_plan.plan_cluster(model, empty_doc(), names(1))
 
 
 def test_kubernetes_pod_cidr_change_is_recorded_as_is():
     model = make_model(names(1), mode='kubernetes', pod_cidrs={'node1': ['10.244.1.0/24']})
-    doc = ipam.plan_cluster(model, empty_doc(), names(1))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(1))[0]
     model['nodes']['node1']['pod_cidrs'] = ['10.244.7.0/24']
-    new, changes = ipam.plan_cluster(model, doc, names(1))
+    new, changes = ipam_plan.plan_cluster(model, doc, names(1))
     assert cidr_of(new, 'node1') == ['10.244.7.0/24']
     assert changes[0]['msg'] == 'node1: pod CIDRs 10.244.1.0/24 -> 10.244.7.0/24'
 
@@ -319,7 +322,7 @@ def pools_of(doc, node):
 def test_multi_pool_pre_allocation():
     # default /27 = 29 endpoint addresses; gpu /28 = 13 (v4), /120 = 254 (v6)
     model = make_model(names(2), mode='multi-pool', pools=POOLS, pre={'default': 8, 'gpu': 20})
-    doc, changes = ipam.plan_cluster(model, empty_doc(), names(2))
+    doc, changes = ipam_plan.plan_cluster(model, empty_doc(), names(2))
     p1 = pools_of(doc, 'node1')
     assert sorted(p1) == ['default', 'gpu']                         # batch: no pre_allocation, no label
     assert p1['default'] == {'ipv4': ['10.10.0.0/27'], 'ipv6': []}
@@ -328,46 +331,46 @@ def test_multi_pool_pre_allocation():
     assert pools_of(doc, 'node2')['gpu']['ipv4'] == ['10.20.0.32/28', '10.20.0.48/28']
     assert doc['nodes']['node1']['cidrs'] == {'ipv4': [], 'ipv6': []}
     assert any(c['msg'] == 'node1: allocated ipv4 10.20.0.0/28, 10.20.0.16/28 from pool gpu' for c in changes)
-    again, changes = ipam.plan_cluster(model, doc, names(2))
+    again, changes = ipam_plan.plan_cluster(model, doc, names(2))
     assert again is doc and changes == []
     assert_disjoint(all_cidrs(doc))
 
 
 def test_multi_pool_grows_with_reported_use_and_never_shrinks():
     model = make_model(names(1), mode='multi-pool', pools=POOLS, pre={'default': 8})
-    doc = ipam.plan_cluster(model, empty_doc(), names(1))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(1))[0]
     assert pools_of(doc, 'node1')['default']['ipv4'] == ['10.10.0.0/27']
     doc = copy.deepcopy(doc)
     doc['nodes']['node1']['pools_used'] = {'default': 25}           # 29 - 25 = 4 free < 8
-    grown, changes = ipam.plan_cluster(model, doc, names(1))
+    grown, changes = ipam_plan.plan_cluster(model, doc, names(1))
     assert pools_of(grown, 'node1')['default']['ipv4'] == ['10.10.0.0/27', '10.10.0.32/27']
     doc = copy.deepcopy(grown)
     doc['nodes']['node1']['pools_used'] = {'default': 0}
-    same, changes = ipam.plan_cluster(model, doc, names(1))
+    same, changes = ipam_plan.plan_cluster(model, doc, names(1))
     assert same is doc and changes == []                            # stable: no shrink
 
 
 def test_multi_pool_node_label_selects_pool_and_unknown_pool_is_an_error():
-    labels = {'node2': {ipam.NODE_POOLS_LABEL: 'batch'}}
+    labels = {'node2': {ipam_cidr.NODE_POOLS_LABEL: 'batch'}}
     model = make_model(names(2), mode='multi-pool', pools=POOLS, pre={'default': 8}, labels=labels)
-    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
     assert sorted(pools_of(doc, 'node1')) == ['default']
     assert sorted(pools_of(doc, 'node2')) == ['batch', 'default']
     assert pools_of(doc, 'node2')['batch']['ipv4'] == ['10.30.0.0/28']   # at least one block
-    labels = {'node1': {ipam.NODE_POOLS_LABEL: 'tpu'}}
+    labels = {'node1': {ipam_cidr.NODE_POOLS_LABEL: 'tpu'}}
     model = make_model(names(1), mode='multi-pool', pools=POOLS, labels=labels)
     with pytest.raises(IpamError, match=r"node1: podnet_node_labels.ipam.podnet.io/ip-pools: unknown pool 'tpu'"):
-        ipam.plan_cluster(model, empty_doc(), names(1))
+        ipam_plan.plan_cluster(model, empty_doc(), names(1))
     model = make_model(names(1), mode='multi-pool', pools=POOLS, pre={'tpu': 4})
     with pytest.raises(IpamError, match=r"pre_allocation: unknown pool 'tpu' \(pools: batch, default, gpu\)"):
-        ipam.plan_cluster(model, empty_doc(), names(1))
+        ipam_plan.plan_cluster(model, empty_doc(), names(1))
 
 
 def test_multi_pool_exhaustion():
     pools = {'default': {'ipv4': {'cidrs': ['10.10.0.0/26'], 'mask_size': 27}, 'ipv6': None}}
     model = make_model(names(3), mode='multi-pool', pools=pools, pre={'default': 8})
     with pytest.raises(IpamError) as e:
-        ipam.plan_cluster(model, empty_doc(), names(3))
+        ipam_plan.plan_cluster(model, empty_doc(), names(3))
     assert str(e.value) == ("pool 'default' (10.10.0.0/26, mask 27: 2 blocks) is exhausted: "
                             "2 of 2 blocks in use; cannot allocate for node3")
 
@@ -385,34 +388,34 @@ def test_crd_records_external_pools():
     docs = {'node1': node_doc('node1', ['10.1.0.0/28', '10.1.0.77'], {'10.1.0.2': 'default/a'}),
             'node2': node_doc('node2', ['10.1.0.16/28'])}
     model = make_model(names(3), mode='crd')
-    doc, changes = ipam.plan_cluster(model, empty_doc(), names(3), node_docs=docs)
+    doc, changes = ipam_plan.plan_cluster(model, empty_doc(), names(3), node_docs=docs)
     assert doc['nodes']['node1']['cidrs'] == {'ipv4': ['10.1.0.0/28', '10.1.0.77/32'], 'ipv6': []}
     assert doc['nodes']['node2']['cidrs']['ipv4'] == ['10.1.0.16/28']
     assert 'node3' not in doc['nodes']
     assert any(c['action'] == 'note' and c['node'] == 'node3' for c in changes)
-    again, changes2 = ipam.plan_cluster(model, doc, names(3), node_docs=docs)
+    again, changes2 = ipam_plan.plan_cluster(model, doc, names(3), node_docs=docs)
     assert again is doc
     assert [c['action'] for c in changes2] == ['note']
-    report = ipam.utilization(model, doc, node_docs=docs)
+    report = ipam_plan.utilization(model, doc, node_docs=docs)
     assert report['nodes']['node1']['pools']['crd']['ipv4']['endpoints']['used'] == 1
     # the allocator hands node2 a CIDR that overlaps node1's: loud
     docs['node2'] = node_doc('node2', ['10.1.0.0/27'])
     with pytest.raises(IpamError, match='CRD pool conflict: node2 claims 10.1.0.0/27, which overlaps '
                                         '10.1.0.0/28 held by node1'):
-        ipam.plan_cluster(model, doc, names(3), node_docs=docs)
+        ipam_plan.plan_cluster(model, doc, names(3), node_docs=docs)
 
 
 def test_crd_used_outside_pool_warns():
     docs = {'node1': node_doc('node1', ['10.1.0.0/28'], {'10.9.9.9': 'default/x'})}
     model = make_model(names(1), mode='crd')
-    _doc, changes = ipam.plan_cluster(model, empty_doc(), names(1), node_docs=docs)
+    _doc, changes = ipam_plan.plan_cluster(model, empty_doc(), names(1), node_docs=docs)
     assert any(c['action'] == 'warning' and '10.9.9.9' in c['msg'] for c in changes)
 
 
 def test_eni_records_nothing():
     model = make_model(names(2), mode='eni')
     doc0 = empty_doc()
-    doc, changes = ipam.plan_cluster(model, doc0, names(2))
+    doc, changes = ipam_plan.plan_cluster(model, doc0, names(2))
     assert doc is doc0
     assert len(changes) == 1 and changes[0]['action'] == 'note' and 'eni mode' in changes[0]['msg']
 
@@ -423,16 +426,16 @@ def test_eni_records_nothing():
 
 def test_rebuild_from_leases_roundtrip():
     model = make_model(names(4), v6=['fd00::/104'])
-    doc = ipam.plan_cluster(model, empty_doc(), names(4))[0]
-    leases = dict((n, ipam.node_lease(doc, n)) for n in names(4))
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(4))[0]
+    leases = dict((n, ipam_lease.node_lease(doc, n)) for n in names(4))
     assert leases['node1'] == {'cluster': 'lab', 'node': 'node1', 'ip': '192.168.50.10',
                                'cidrs': {'ipv4': ['10.244.0.0/24'], 'ipv6': ['fd00::/120']},
                                'pools': {}, 'allocated_at': 1}
-    rebuilt = ipam.rebuild_from_leases(model, leases)
+    rebuilt = ipam_plan.rebuild_from_leases(model, leases)
     assert rebuilt == doc
     # and it allocates on from there without collisions
     model5 = make_model(names(5), v6=['fd00::/104'])
-    doc5 = ipam.plan_cluster(model5, rebuilt, names(5))[0]
+    doc5 = ipam_plan.plan_cluster(model5, rebuilt, names(5))[0]
     assert cidr_of(doc5, 'node5') == ['10.244.4.0/24']
 
 
@@ -442,12 +445,12 @@ def test_rebuild_conflict_names_both_nodes_and_cidr():
               'node2': {'cluster': 'lab', 'node': 'node2', 'ip': '192.168.50.11',
                         'cidrs': {'ipv4': ['10.244.1.0/24'], 'ipv6': []}, 'pools': {}}}
     with pytest.raises(IpamError) as e:
-        ipam.rebuild_from_leases(make_model(names(2)), leases)
+        ipam_plan.rebuild_from_leases(make_model(names(2)), leases)
     assert str(e.value) == 'lease conflict: node1 and node2 both claim 10.244.1.0/24'
     leases['node2']['cidrs']['ipv4'] = []
     leases['node2']['pools'] = {'gpu': {'ipv4': ['10.244.1.64/26']}}
     with pytest.raises(IpamError) as e:
-        ipam.rebuild_from_leases(make_model(names(2)), leases)
+        ipam_plan.rebuild_from_leases(make_model(names(2)), leases)
     assert str(e.value) == ('lease conflict: node2 claims 10.244.1.64/26, which overlaps '
                             '10.244.1.0/24 held by node1')
 
@@ -455,12 +458,12 @@ def test_rebuild_conflict_names_both_nodes_and_cidr():
 def test_rebuild_rejects_foreign_lease():
     leases = {'node1': {'cluster': 'prod', 'node': 'node1', 'cidrs': {}, 'pools': {}}}
     with pytest.raises(IpamError, match="node1: the lease is for cluster 'prod', not 'lab'"):
-        ipam.rebuild_from_leases(make_model(names(1)), leases)
+        ipam_plan.rebuild_from_leases(make_model(names(1)), leases)
 
 
 def _reports(doc, usage=None, mode=None):
     """What ipam_node_info returns on each node of a ledger (its lease; its endpoint use)."""
-    return dict((n, {'changed': False, 'lease': ipam.node_lease(doc, n, mode=mode), 'lease_error': None,
+    return dict((n, {'changed': False, 'lease': ipam_lease.node_lease(doc, n, mode=mode), 'lease_error': None,
                      'usage': (usage or {}).get(n, {}), 'addresses': [], 'store_error': None})
                 for n in doc['nodes'])
 
@@ -469,40 +472,40 @@ def test_rebuild_keeps_pools_used_and_the_leases_block_order():
     pools = {'default': {'ipv4': {'cidrs': ['10.10.0.0/16'], 'mask_size': 27}, 'ipv6': None},
              'gpu': {'ipv4': {'cidrs': ['10.20.0.0/16'], 'mask_size': 28}, 'ipv6': None}}
     model = make_model(names(3), mode='multi-pool', pools=pools, pre={'default': 8},
-                       labels={'node2': {ipam.NODE_POOLS_LABEL: 'gpu'}})
-    doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]
+                       labels={'node2': {ipam_cidr.NODE_POOLS_LABEL: 'gpu'}})
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(3))[0]
     # node1 fills its block; the next run gives it a second one after node3's: blocks out of order
     doc = copy.deepcopy(doc)
     doc['nodes']['node1']['pools_used'] = {'default': {'ipv4': 29}}
     doc['nodes']['node2']['pools_used'] = {'gpu': {'ipv4': 1}, 'default': {'ipv4': 2}}
-    doc = ipam.plan_cluster(model, doc, names(3))[0]
+    doc = ipam_plan.plan_cluster(model, doc, names(3))[0]
     blocks = doc['nodes']['node1']['pools']['default']['ipv4']
     assert blocks == ['10.10.0.0/27', '10.10.0.96/27']
     doc['nodes']['node1']['pools'] = {'default': {'ipv4': ['10.10.0.96/27', '10.10.0.0/27'], 'ipv6': []}}
     usage = dict((n, doc['nodes'][n].get('pools_used', {})) for n in names(3))
     reports = _reports(doc, usage, mode='multi-pool')
-    leases, use, warnings = ipam.rebuild_inputs(model, reports)
+    leases, use, warnings = ipam_plan.rebuild_inputs(model, reports)
     assert not warnings
-    rebuilt = ipam.rebuild_from_leases(model, leases, use)
+    rebuilt = ipam_plan.rebuild_from_leases(model, leases, use)
     assert rebuilt['nodes'] == doc['nodes']          # every entry, pools_used and block order included
     assert rebuilt['nodes']['node1']['pools']['default']['ipv4'] == ['10.10.0.96/27', '10.10.0.0/27']
     assert 'pools_used' not in rebuilt['nodes']['node3']
     assert rebuilt['serial'] == max(e['allocated_at'] for e in doc['nodes'].values())
     # the leases the rebuilt ledger hands out are the ones the nodes hold
-    assert all(ipam.node_lease(rebuilt, n, 'multi-pool') == leases[n] for n in names(3))
+    assert all(ipam_lease.node_lease(rebuilt, n, 'multi-pool') == leases[n] for n in names(3))
     # crd keeps its use in the node documents, not in pools_used
     crd = make_model(names(3), mode='crd')
-    assert all('pools_used' not in e for e in ipam.rebuild_from_leases(crd, leases, use)['nodes'].values())
+    assert all('pools_used' not in e for e in ipam_plan.rebuild_from_leases(crd, leases, use)['nodes'].values())
 
 
 def test_pools_used_record_drops_zero_counts():
-    assert ipam.pools_used_record({'default': {'ipv4': 0, 'ipv6': 2}, 'gpu': {'ipv4': 0}}) == {'default': {'ipv6': 2}}
-    assert ipam.pools_used_record(None) == {}
+    assert ipam_lease.pools_used_record({'default': {'ipv4': 0, 'ipv6': 2}, 'gpu': {'ipv4': 0}}) == {'default': {'ipv6': 2}}
+    assert ipam_lease.pools_used_record(None) == {}
 
 
 def test_rebuild_inputs_names_every_node_it_cannot_rebuild_from():
     model = make_model(names(6))
-    doc = ipam.plan_cluster(model, empty_doc(), names(6))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(6))[0]
     reports = _reports(doc)
     reports['node2'] = False                                   # did not run (unreachable, --limit)
     reports['node3'] = {'failed': True, 'msg': 'nsenter: no such file'}
@@ -511,7 +514,7 @@ def test_rebuild_inputs_names_every_node_it_cannot_rebuild_from():
     reports['node6'] = dict(reports['node6'], lease=None)      # never provisioned
     reports['node1'] = dict(reports['node1'], store_error='/e.json: not valid JSON (y)')
     with pytest.raises(IpamError) as e:
-        ipam.rebuild_inputs(model, reports)
+        ipam_plan.rebuild_inputs(model, reports)
     msg = str(e.value)
     for part in ('node2: did not report its lease', 'node3: did not report its lease (nsenter: no such file)',
                  'node4: /l.json: not valid JSON (x)',
@@ -519,7 +522,7 @@ def test_rebuild_inputs_names_every_node_it_cannot_rebuild_from():
                  'ledger_rebuild_allow_missing=true'):
         assert part in msg, msg
     assert 'node6' not in msg and 'node1' not in msg
-    leases, usage, warnings = ipam.rebuild_inputs(model, reports, allow_missing=True)
+    leases, usage, warnings = ipam_plan.rebuild_inputs(model, reports, allow_missing=True)
     assert sorted(leases) == ['node1']
     assert len(warnings) == 6 and any(w.startswith('node6: no lease (never provisioned)') for w in warnings)
     assert any(w.startswith('node1: /e.json: not valid JSON (y); its pools_used is not rebuilt') for w in warnings)
@@ -528,57 +531,57 @@ def test_rebuild_inputs_names_every_node_it_cannot_rebuild_from():
 
 def test_plan_rebuild_missing_torn_valid():
     model = make_model(names(2))
-    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
-    rebuilt = ipam.rebuild_from_leases(model, dict((n, ipam.node_lease(doc, n)) for n in names(2)))
-    assert ipam.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, rebuilt) is rebuilt
-    assert ipam.plan_rebuild({'state': 'torn', 'doc': None, 'error': 'x'}, rebuilt) is rebuilt
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
+    rebuilt = ipam_plan.rebuild_from_leases(model, dict((n, ipam_lease.node_lease(doc, n)) for n in names(2)))
+    assert ipam_plan.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, rebuilt) is rebuilt
+    assert ipam_plan.plan_rebuild({'state': 'torn', 'doc': None, 'error': 'x'}, rebuilt) is rebuilt
     # a readable ledger that holds what the leases hold (serial aside) is left alone
     same = dict(doc, serial=9)
-    assert ipam.plan_rebuild({'state': 'valid', 'doc': same, 'error': None}, rebuilt) is None
+    assert ipam_plan.plan_rebuild({'state': 'valid', 'doc': same, 'error': None}, rebuilt) is None
     other = copy.deepcopy(doc)
     other['nodes']['node2']['cidrs']['ipv4'] = ['10.244.7.0/24']
     other['serial'] = 9
     other['identities'] = {'k': 1}
     with pytest.raises(IpamError, match=r'differs from the nodes\' leases for node2; .*ledger_rebuild_force=true'):
-        ipam.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt)
-    forced = ipam.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt, force=True)
+        ipam_plan.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt)
+    forced = ipam_plan.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt, force=True)
     assert forced['nodes'] == rebuilt['nodes'] and forced['serial'] == 10 and forced['identities'] == {'k': 1}
     with pytest.raises(IpamError, match='no node holds a lease'):
-        ipam.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, dict(rebuilt, nodes={}))
+        ipam_plan.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, dict(rebuilt, nodes={}))
 
 
 def test_lease_problem_and_disagreement():
     good = {'cluster': 'lab', 'node': 'node1', 'ip': '192.168.50.10', 'allocated_at': 3,
             'cidrs': {'ipv4': ['10.244.0.0/24'], 'ipv6': []}, 'pools': {}}
-    assert ipam.lease_problem(good) is None
-    assert ipam.lease_problem([1]) == 'not a lease (a JSON list, not an object)'
-    assert ipam.lease_problem({'node': 'x'}) == 'not a lease (no cidrs key)'
-    assert ipam.lease_problem({'node': 'x', 'cidrs': []}) == 'not a lease (cidrs and pools must be objects)'
-    assert ipam.lease_disagreement(good, dict(good, mode='cluster-pool')) is None   # same claims
+    assert ipam_lease.lease_problem(good) is None
+    assert ipam_lease.lease_problem([1]) == 'not a lease (a JSON list, not an object)'
+    assert ipam_lease.lease_problem({'node': 'x'}) == 'not a lease (no cidrs key)'
+    assert ipam_lease.lease_problem({'node': 'x', 'cidrs': []}) == 'not a lease (cidrs and pools must be objects)'
+    assert ipam_lease.lease_disagreement(good, dict(good, mode='cluster-pool')) is None   # same claims
     moved = dict(good, cidrs={'ipv4': ['10.244.5.0/24'], 'ipv6': []})
-    assert ipam.lease_disagreement(moved, good) == 'CIDRs 10.244.5.0/24 -> 10.244.0.0/24'
-    assert ipam.lease_disagreement(dict(good, node='node9'), good) == 'node node9 -> node1'
-    assert ipam.lease_disagreement(dict(moved, allocated_at=2), dict(good, allocated_at=3)) is None  # reallocated
-    assert ipam.lease_disagreement(None, good) is None and ipam.lease_disagreement([1], good) is None
+    assert ipam_lease.lease_disagreement(moved, good) == 'CIDRs 10.244.5.0/24 -> 10.244.0.0/24'
+    assert ipam_lease.lease_disagreement(dict(good, node='node9'), good) == 'node node9 -> node1'
+    assert ipam_lease.lease_disagreement(dict(moved, allocated_at=2), dict(good, allocated_at=3)) is None  # reallocated
+    assert ipam_lease.lease_disagreement(None, good) is None and ipam_lease.lease_disagreement([1], good) is None
 
 
 def test_plan_lease():
     want = {'node': 'node1', 'cidrs': {'ipv4': ['10.244.0.0/24']}}
     p = '/v/lease.json'
-    assert ipam.plan_lease(want, {'lease': want}, p) == []
-    assert ipam.plan_lease(want, {'lease': None}, p) == [{'action': 'write', 'path': p}]
-    assert ipam.plan_lease(want, {'lease': None, 'unreadable': 'bad'}, p, aside=p + '.corrupt-T') == [
+    assert ipam_lease.plan_lease(want, {'lease': want}, p) == []
+    assert ipam_lease.plan_lease(want, {'lease': None}, p) == [{'action': 'write', 'path': p}]
+    assert ipam_lease.plan_lease(want, {'lease': None, 'unreadable': 'bad'}, p, aside=p + '.corrupt-T') == [
         {'action': 'keep_aside', 'path': p, 'to': p + '.corrupt-T', 'error': 'bad'}, {'action': 'write', 'path': p}]
-    assert ipam.plan_lease(None, {'lease': None, 'unreadable': 'bad'}, p) == [{'action': 'remove', 'path': p}]
-    assert ipam.plan_lease(None, {'lease': None}, p) == []
+    assert ipam_lease.plan_lease(None, {'lease': None, 'unreadable': 'bad'}, p) == [{'action': 'remove', 'path': p}]
+    assert ipam_lease.plan_lease(None, {'lease': None}, p) == []
 
 
 def test_utilization():
     model = make_model(names(3), v4=('10.244.0.0/22',), mask=24)
-    doc = ipam.plan_cluster(model, empty_doc(), names(3))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(3))[0]
     doc = copy.deepcopy(doc)
     doc['nodes']['node1']['pools_used'] = {'default': 100}
-    report = ipam.utilization(model, doc)
+    report = ipam_plan.utilization(model, doc)
     row = report['pools']['default']['ipv4']
     assert row['blocks'] == {'size': 4, 'used': 3, 'free': 1, 'percent': 75.0}
     assert row['addresses'] == {'size': 1024, 'used': 768, 'free': 256, 'percent': 75.0}
@@ -592,8 +595,8 @@ def test_utilization():
 
 def test_utilization_multi_pool():
     model = make_model(names(2), mode='multi-pool', pools=POOLS, pre={'default': 8, 'gpu': 1})
-    doc = ipam.plan_cluster(model, empty_doc(), names(2))[0]
-    report = ipam.utilization(model, doc)
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
+    report = ipam_plan.utilization(model, doc)
     assert report['pools']['gpu']['ipv4']['blocks'] == {'size': 16, 'used': 2, 'free': 14, 'percent': 12.5}
     assert report['pools']['batch']['ipv4']['blocks']['used'] == 0
     assert sorted(report['nodes']['node2']['pools']) == ['default', 'gpu']
@@ -604,74 +607,74 @@ def test_utilization_multi_pool():
 
 
 def test_router_ip():
-    assert ipam.router_ip('10.244.1.0/24') == '10.244.1.1'
-    assert ipam.router_ip('fd00::100/120') == 'fd00::101'
-    assert ipam.router_ip('10.1.0.77/32') is None
+    assert ipam_cidr.router_ip('10.244.1.0/24') == '10.244.1.1'
+    assert ipam_cidr.router_ip('fd00::100/120') == 'fd00::101'
+    assert ipam_cidr.router_ip('10.1.0.77/32') is None
 
 
 def test_endpoint_ip_allocation_and_release():
-    store = ipam.empty_store()
+    store = ipam_endpoints.empty_store()
     cidrs = ['10.244.1.0/24']
-    s1, ip1 = ipam.plan_endpoint_ip(store, cidrs, 'default/a', 'ipv4')
+    s1, ip1 = ipam_endpoints.plan_endpoint_ip(store, cidrs, 'default/a', 'ipv4')
     assert ip1 == '10.244.1.2'                          # .0 network, .1 router
-    assert store == ipam.empty_store()                  # not mutated
-    s2, ip2 = ipam.plan_endpoint_ip(s1, cidrs, 'default/b', 'ipv4')
+    assert store == ipam_endpoints.empty_store()                  # not mutated
+    s2, ip2 = ipam_endpoints.plan_endpoint_ip(s1, cidrs, 'default/b', 'ipv4')
     assert ip2 == '10.244.1.3'
-    same, ip = ipam.plan_endpoint_ip(s2, cidrs, 'default/a', 'ipv4')   # idempotent
+    same, ip = ipam_endpoints.plan_endpoint_ip(s2, cidrs, 'default/a', 'ipv4')   # idempotent
     assert same is s2 and ip == ip1
-    s3, gone = ipam.release_endpoint_ip(s2, 'default/a')
+    s3, gone = ipam_endpoints.release_endpoint_ip(s2, 'default/a')
     assert gone == ['10.244.1.2'] and '10.244.1.2' not in s3['used']
-    s4, gone = ipam.release_endpoint_ip(s3, 'default/a')                # idempotent
+    s4, gone = ipam_endpoints.release_endpoint_ip(s3, 'default/a')                # idempotent
     assert s4 is s3 and gone == []
-    s5, ip5 = ipam.plan_endpoint_ip(s4, cidrs, 'default/c', 'ipv4')
+    s5, ip5 = ipam_endpoints.plan_endpoint_ip(s4, cidrs, 'default/c', 'ipv4')
     assert ip5 == '10.244.1.2'                                           # lowest free again
     assert s5['used'][ip5] == {'owner': 'default/c'}
 
 
 def test_endpoint_ip_outside_a_changed_lease_is_reallocated():
-    s1, ip1 = ipam.plan_endpoint_ip(ipam.empty_store(), ['10.244.1.0/24'], 'podnet-health', 'ipv4')
-    s1, other = ipam.plan_endpoint_ip(s1, ['10.244.1.0/24'], 'default/b', 'ipv4')
+    s1, ip1 = ipam_endpoints.plan_endpoint_ip(ipam_endpoints.empty_store(), ['10.244.1.0/24'], 'podnet-health', 'ipv4')
+    s1, other = ipam_endpoints.plan_endpoint_ip(s1, ['10.244.1.0/24'], 'default/b', 'ipv4')
     # The node's lease moved to another CIDR (a new ledger): the stale address is dropped.
-    s2, ip2 = ipam.plan_endpoint_ip(s1, ['10.98.0.0/30'], 'podnet-health', 'ipv4')
+    s2, ip2 = ipam_endpoints.plan_endpoint_ip(s1, ['10.98.0.0/30'], 'podnet-health', 'ipv4')
     assert (ip1, ip2) == ('10.244.1.2', '10.98.0.2')
     assert s2['used'] == {'10.98.0.2': {'owner': 'podnet-health'}, other: {'owner': 'default/b'}}
-    same, ip = ipam.plan_endpoint_ip(s2, ['10.98.0.0/30'], 'podnet-health', 'ipv4')
+    same, ip = ipam_endpoints.plan_endpoint_ip(s2, ['10.98.0.0/30'], 'podnet-health', 'ipv4')
     assert same is s2 and ip == ip2
 
 
 def test_endpoint_ip_dual_stack_pool_and_crd_pool():
-    store = ipam.empty_store()
+    store = ipam_endpoints.empty_store()
     cidrs = ['10.244.1.0/24', 'fd00::100/120']
-    store, v4 = ipam.plan_endpoint_ip(store, cidrs, 'ep1', 'ipv4', pool='default')
-    store, v6 = ipam.plan_endpoint_ip(store, cidrs, 'ep1', 'ipv6', pool='default')
+    store, v4 = ipam_endpoints.plan_endpoint_ip(store, cidrs, 'ep1', 'ipv4', pool='default')
+    store, v6 = ipam_endpoints.plan_endpoint_ip(store, cidrs, 'ep1', 'ipv6', pool='default')
     assert (v4, v6) == ('10.244.1.2', 'fd00::102')
     assert store['used'][v6] == {'owner': 'ep1', 'pool': 'default'}
-    store, gone = ipam.release_endpoint_ip(store, 'ep1', family='ipv6')
+    store, gone = ipam_endpoints.release_endpoint_ip(store, 'ep1', family='ipv6')
     assert gone == ['fd00::102'] and v4 in store['used']
     crd_pool = {'10.1.0.77': {}, '10.1.0.76': {}}                        # single IPs are all usable
-    s, ip = ipam.plan_endpoint_ip(ipam.empty_store(), crd_pool, 'ep9', 'ipv4')
+    s, ip = ipam_endpoints.plan_endpoint_ip(ipam_endpoints.empty_store(), crd_pool, 'ep9', 'ipv4')
     assert ip == '10.1.0.76'
 
 
 def test_endpoint_ip_exhaustion():
-    store = ipam.empty_store()
+    store = ipam_endpoints.empty_store()
     cidrs = ['10.244.1.0/29']                            # 8 - network - router - broadcast = 5
     got = []
     for i in range(5):
-        store, ip = ipam.plan_endpoint_ip(store, cidrs, 'ep%d' % i, 'ipv4', pool='default')
+        store, ip = ipam_endpoints.plan_endpoint_ip(store, cidrs, 'ep%d' % i, 'ipv4', pool='default')
         got.append(ip)
     assert got == ['10.244.1.%d' % i for i in range(2, 7)]
     with pytest.raises(IpamError) as e:
-        ipam.plan_endpoint_ip(store, cidrs, 'ep5', 'ipv4', pool='default')
+        ipam_endpoints.plan_endpoint_ip(store, cidrs, 'ep5', 'ipv4', pool='default')
     assert str(e.value) == ("pool 'default' (10.244.1.0/29: 5 endpoint addresses) is exhausted: 5 of 5 "
                             "in use; cannot allocate an ipv4 address for endpoint ep5")
     with pytest.raises(IpamError, match='no ipv6 CIDRs'):
-        ipam.plan_endpoint_ip(store, cidrs, 'ep5', 'ipv6')
+        ipam_endpoints.plan_endpoint_ip(store, cidrs, 'ep5', 'ipv6')
 
 
 def test_big_cluster_is_disjoint():
     model = make_model(names(2000), v4=('10.0.0.0/8',), v6=['fd00::/104'])
-    doc = ipam.plan_cluster(model, empty_doc(), names(2000))[0]
+    doc = ipam_plan.plan_cluster(model, empty_doc(), names(2000))[0]
     cidrs = all_cidrs(doc)
     assert len(cidrs) == len(set(cidrs)) == 4000
     assert_disjoint(cidrs)

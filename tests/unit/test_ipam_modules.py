@@ -14,7 +14,11 @@ import sys
 
 import pytest
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import endpoints as ipam_endpoints
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_report as report_render
 
@@ -301,23 +305,23 @@ def test_endpoint_refuses_a_torn_store(run, node):
 def test_lease_helpers():
     pools = {'gpu': {'ipv4': ['10.20.0.0/28']}, 'default': {'ipv4': ['10.10.0.0/27'], 'ipv6': ['fd00::/120']}}
     mp = lease(v4=(), mode='multi-pool', pools=pools)
-    assert ipam.lease_cidrs(mp) == {'ipv4': ['10.10.0.0/27', '10.20.0.0/28'], 'ipv6': ['fd00::/120']}
-    assert ipam.lease_router_ips(mp) == ['10.10.0.1', '10.20.0.1', 'fd00::1']
-    assert ipam.lease_host_addresses(None) == []
-    assert ipam.endpoint_source(mp, {'ipam.podnet.io/ip-pool': 'gpu'}) == ('gpu', {'ipv4': ['10.20.0.0/28'], 'ipv6': []})
-    assert ipam.endpoint_source(mp, {})[0] == 'default'
+    assert ipam_lease.lease_cidrs(mp) == {'ipv4': ['10.10.0.0/27', '10.20.0.0/28'], 'ipv6': ['fd00::/120']}
+    assert ipam_lease.lease_router_ips(mp) == ['10.10.0.1', '10.20.0.1', 'fd00::1']
+    assert ipam_lease.lease_host_addresses(None) == []
+    assert ipam_lease.endpoint_source(mp, {'ipam.podnet.io/ip-pool': 'gpu'}) == ('gpu', {'ipv4': ['10.20.0.0/28'], 'ipv6': []})
+    assert ipam_lease.endpoint_source(mp, {})[0] == 'default'
     k8s = lease(mode='kubernetes')
-    assert ipam.endpoint_source(k8s, {}) == ('kubernetes', {'ipv4': ['10.244.1.0/24'], 'ipv6': []})
-    assert ipam.endpoint_source(k8s, {'ipam.podnet.io/ip-pool': 'kubernetes'})[0] == 'kubernetes'
-    with pytest.raises(ipam.IpamError):
-        ipam.endpoint_source(k8s, {'ipam.podnet.io/ip-pool': 'default'})
+    assert ipam_lease.endpoint_source(k8s, {}) == ('kubernetes', {'ipv4': ['10.244.1.0/24'], 'ipv6': []})
+    assert ipam_lease.endpoint_source(k8s, {'ipam.podnet.io/ip-pool': 'kubernetes'})[0] == 'kubernetes'
+    with pytest.raises(ipam_cidr.IpamError):
+        ipam_lease.endpoint_source(k8s, {'ipam.podnet.io/ip-pool': 'default'})
     store = {'used': {'10.0.0.2': {'owner': 'a', 'pool': 'gpu'}, 'fd00::2': {'owner': 'a', 'pool': 'gpu'},
                       '10.0.1.2': {'owner': 'b'}}}
-    assert ipam.store_usage(store) == {'gpu': {'ipv4': 1, 'ipv6': 1}, 'default': {'ipv4': 1}}
-    assert ipam.store_crd_used(store)['fd00::2'] == {'owner': 'a'}
-    assert ipam.node_lease({'cluster': 'c', 'nodes': {'n': {'cidrs': {'ipv4': ['10.0.0.0/24']}}}}, 'n',
+    assert ipam_endpoints.store_usage(store) == {'gpu': {'ipv4': 1, 'ipv6': 1}, 'default': {'ipv4': 1}}
+    assert ipam_endpoints.store_crd_used(store)['fd00::2'] == {'owner': 'a'}
+    assert ipam_lease.node_lease({'cluster': 'c', 'nodes': {'n': {'cidrs': {'ipv4': ['10.0.0.0/24']}}}}, 'n',
                            mode='cluster-pool')['mode'] == 'cluster-pool'
-    assert 'mode' not in ipam.node_lease({'nodes': {'n': {}}}, 'n')
+    assert 'mode' not in ipam_lease.node_lease({'nodes': {'n': {}}}, 'n')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +382,7 @@ def _report():
                   'pools': {'default': {'ipv4': ['10.10.0.32/27'], 'ipv6': []}}},
         'gone<3>': {'ip': '192.168.50.13', 'cidrs': {'ipv4': [], 'ipv6': []},
                     'pools': {'default': {'ipv4': ['10.10.0.64/27'], 'ipv6': []}}}}}
-    return ipam.utilization(model, doc)
+    return ipam_plan.utilization(model, doc)
 
 
 def test_report_text_table():

@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from ansible_collections.podnet.fabric.plugins.module_utils import inventory, ipam
+from ansible_collections.podnet.fabric.plugins.plugin_utils import inventory
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, '.venv', 'bin')
@@ -25,9 +27,9 @@ def model(ledger_path, n=3):
 
 def reports_for(m):
     """Each node's ipam_node_info result after a site.yml run: its lease and its health endpoint's use."""
-    doc = ipam.plan_cluster(m, {'version': 1, 'cluster': None, 'serial': 0, 'nodes': {}, 'identities': {}},
+    doc = ipam_plan.plan_cluster(m, {'version': 1, 'cluster': None, 'serial': 0, 'nodes': {}, 'identities': {}},
                             sorted(m['nodes']))[0]
-    return doc, dict((n, {'changed': False, 'lease': ipam.node_lease(doc, n, 'cluster-pool'), 'lease_error': None,
+    return doc, dict((n, {'changed': False, 'lease': ipam_lease.node_lease(doc, n, 'cluster-pool'), 'lease_error': None,
                           'usage': {'default': {'ipv4': i + 1}}, 'addresses': [], 'store_error': None})
                      for i, n in enumerate(sorted(m['nodes'])))
 

@@ -1,4 +1,4 @@
-"""Unit tests for plugins/module_utils/ledger.py (file backend; s3 backend against moto's mock)."""
+"""Unit tests for plugins/plugin_utils/ledger.py (file backend; s3 backend against moto's mock)."""
 import fcntl
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ledger
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
 LedgerError = ledger.LedgerError
 
 

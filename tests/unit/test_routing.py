@@ -1,7 +1,8 @@
 """Unit tests for plugins/module_utils/routing.py (pure desired state and plan)."""
 import pytest
 
-from ansible_collections.podnet.fabric.plugins.module_utils import ipam, routing
+from ansible_collections.podnet.fabric.plugins.module_utils import routing
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 
 UNDERLAY = {'dev': 'eth0', 'mtu': 1500, 'networks': ['192.168.50.0/24']}
 
@@ -206,7 +207,7 @@ def test_peers_from_the_ledger_cluster_map():
                      'node1': {'ip': '192.168.50.11', 'cidrs': {'ipv4': ['10.244.1.0/24'], 'ipv6': []}},
                      'node10': {'ip': '192.168.50.20', 'cidrs': {'ipv4': [], 'ipv6': []},
                                 'pools': {'default': {'ipv4': ['10.1.0.0/27', '10.1.0.32/27']}}}}}
-    clus = ipam.cluster_map(doc)
+    clus = ipam_lease.cluster_map(doc)
     assert list(clus) == ['node1', 'node2', 'node10']
     assert clus['node10']['cidrs']['ipv4'] == ['10.1.0.0/27', '10.1.0.32/27']
     names = [p['name'] for p in routing.peers(clus, 'node1')]

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Pure IPAM logic for every mode (DESIGN.md section 6). No I/O: callers read and write the
-ledger (ledger.py) and the node's stores; this module only computes.
+"""The controller's IPAM planners (DESIGN.md section 6): allocation for every mode, the ledger
+rebuild and the utilization report. Pure, no I/O: callers read and write the ledger (ledger.py).
+Nodes never receive this file; what they need is in module_utils/ipam/ (cidr, lease, endpoints).
 
 Controller side
 - ``plan_cluster(model, doc, run_nodes, prune=False, node_docs=None) -> (new_doc, changes)``
@@ -41,129 +42,21 @@ Multi-pool: which pools a node gets blocks from
   family: a dual-stack endpoint takes one address of each) or ``{"ipv4": n, "ipv6": m}``.
   Blocks are never taken back automatically (stable), only by prune.
 """
-
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import ipaddress
-import re
-import socket
 
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam.cidr import (
+    DEFAULT_POOL, FAMILIES, IpamError, MAX_BITS, NODE_POOLS_LABEL, count_of, entry_cidrs, fmt_cidr,
+    natural_key, parse_cidr, prefix_size, usable_addresses)
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam.lease import mode_pool, pools_used_record
 from ansible_collections.podnet.fabric.plugins.module_utils.ipfamily import family_of
 
-FAMILIES = ('ipv4', 'ipv6')
-MAX_BITS = {'ipv4': 32, 'ipv6': 128}
-DEFAULT_POOL = 'default'
-ENDPOINT_POOL_LABEL = 'ipam.podnet.io/ip-pool'   # on an endpoint: the pool its IP comes from
-NODE_POOLS_LABEL = 'ipam.podnet.io/ip-pools'     # on a node: extra multi-pool pools it serves
+
 # A used CIDR that covers more blocks than this is kept as a range instead of a set of indexes.
 _SET_LIMIT = 4096
-
-
-class IpamError(Exception):
-    """Bad IPAM input or an impossible allocation; the message names pool/node/CIDR."""
-
-
-# ------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _parse_fast(text):
-    """inet_pton-based parse (~6x faster than ip_network; ledgers hold 10^4-10^5 CIDRs).
-    Returns None for anything it is not sure about, and ipaddress decides."""
-    try:
-        addr, sep, plen = text.partition('/')
-        if ':' in addr:
-            family, packed = 'ipv6', socket.inet_pton(socket.AF_INET6, addr)
-        else:
-            family, packed = 'ipv4', socket.inet_pton(socket.AF_INET, addr)
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-    maxbits = MAX_BITS[family]
-    if not sep:
-        plen = maxbits
-    elif plen.isdigit() and len(plen) <= 3 and int(plen) <= maxbits:
-        plen = int(plen)
-    else:
-        return None
-    value = int.from_bytes(packed, 'big')
-    if value & ((1 << (maxbits - plen)) - 1):
-        return None            # host bits set: let ipaddress word the error
-    return family, value, plen
-
-
-def _parse(text, where):
-    """CIDR or bare IP text -> (family, first address int, prefixlen). Host bits are an error."""
-    fast = _parse_fast(text)
-    if fast is not None:
-        return fast
-    try:
-        net = ipaddress.ip_network(text, strict=True)
-    except (ValueError, TypeError) as e:
-        raise IpamError('%s: %r is not a valid CIDR (%s)' % (where, text, e))
-    return ('ipv6' if net.version == 6 else 'ipv4'), int(net.network_address), net.prefixlen
-
-
-def _fmt_addr(family, value):
-    if family == 'ipv4':
-        return str(ipaddress.IPv4Address(value))
-    return str(ipaddress.IPv6Address(value))
-
-
-def _fmt(family, start, plen):
-    return '%s/%d' % (_fmt_addr(family, start), plen)
-
-
-def _size(family, plen):
-    return 1 << (MAX_BITS[family] - plen)
-
-
-def usable_addresses(family, plen):
-    """Endpoint addresses in one block: minus the network address, the router (gateway) IP held
-    by the host device and, for IPv4, the broadcast address. A single-address entry (/32, /128,
-    as CRD pools hold) is one usable address."""
-    size = _size(family, plen)
-    if size == 1:
-        return 1
-    return max(0, size - (3 if family == 'ipv4' else 2))
-
-
-def router_ip(cidr):
-    """The router/gateway IP of a pod CIDR: its first host address (None for a single address)."""
-    family, start, plen = _parse(cidr, 'router_ip')
-    if _size(family, plen) < 4:
-        return None
-    return _fmt_addr(family, start + 1)
-
-
-_NAT_RE = re.compile(r'(\d+)')
-
-
-def natural_key(name):
-    return [int(t) if i % 2 else t for i, t in enumerate(_NAT_RE.split(name))]
-
-
-def _count(n, word, plural=None):
-    return '%d %s' % (n, word if n == 1 else (plural or word + 's'))
-
-
-def _entry_cidrs(entry):
-    """Every CIDR text a ledger node entry holds: (text, where-suffix) pairs."""
-    out = []
-    for fam in FAMILIES:
-        for c in (entry.get('cidrs') or {}).get(fam) or ():
-            out.append(c)
-    for pname in sorted(entry.get('pools') or {}):
-        pool = entry['pools'][pname] or {}
-        for fam in FAMILIES:
-            for c in pool.get(fam) or ():
-                out.append(c)
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# block pools
 
 
 class _Pool:
@@ -179,23 +72,23 @@ class _Pool:
             raise IpamError('%s: mask_size %r is not a positive integer' % (where, mask))
         if mask > maxbits:
             raise IpamError('%s: mask_size %d is larger than %s allows (%d)' % (where, mask, family, maxbits))
-        if usable_addresses(family, mask) < 1 or _size(family, mask) == 1:
+        if usable_addresses(family, mask) < 1 or prefix_size(family, mask) == 1:
             raise IpamError('%s: mask_size %d leaves no addresses for endpoints' % (where, mask))
         cidrs = cfg.get('cidrs') or []
         if not cidrs:
             raise IpamError('%s: no cidrs' % where)
         self.mask = mask
-        self.block = _size(family, mask)
+        self.block = prefix_size(family, mask)
         self.cidrs = []       # (start, end, first block index, block count, text)
         offset = 0
         for text in cidrs:
-            fam, start, plen = _parse(text, where)
+            fam, start, plen = parse_cidr(text, where)
             if fam != family:
                 raise IpamError('%s: %s is not an %s CIDR' % (where, text, family))
             if plen > mask:
                 raise IpamError('%s: %s is smaller than one mask_size %d block' % (where, text, mask))
             count = 1 << (mask - plen)
-            self.cidrs.append((start, start + _size(family, plen), offset, count, text))
+            self.cidrs.append((start, start + prefix_size(family, plen), offset, count, text))
             offset += count
         self.total = offset
         self.used = set()     # block indexes
@@ -205,7 +98,7 @@ class _Pool:
 
     def describe(self):
         return "pool '%s' (%s, mask %d: %s)" % (
-            self.name, ', '.join(c[4] for c in self.cidrs), self.mask, _count(self.total, 'block'))
+            self.name, ', '.join(c[4] for c in self.cidrs), self.mask, count_of(self.total, 'block'))
 
     def mark(self, start, end):
         """Mark every block that the address range [start, end) touches as used."""
@@ -260,33 +153,29 @@ class _Pool:
             if idx < offset + count:
                 start = cstart + (idx - offset) * self.block
                 self.last = (start, start + self.block)
-                return _fmt(self.family, start, self.mask)
+                return fmt_cidr(self.family, start, self.mask)
         raise AssertionError('block index out of range')  # pragma: no cover
 
     def exhausted(self, node, waiting):
         more = ' (and %d more %s)' % (waiting, 'node' if waiting == 1 else 'nodes') if waiting else ''
         return IpamError('%s is exhausted: %d of %s in use; cannot allocate for %s%s' % (
-            self.describe(), self.used_count(), _count(self.total, 'block'), node, more))
+            self.describe(), self.used_count(), count_of(self.total, 'block'), node, more))
 
 
 def _ledger_spans(nodes, family):
     """[(start, end)] of every CIDR of `family` held in the ledger, parsed once."""
     out = []
     for name, entry in nodes.items():
-        for text in _entry_cidrs(entry):
+        for text in entry_cidrs(entry):
             if family_of(text) == family:
-                fam, start, plen = _parse(text, 'ledger node %s' % name)
-                out.append((start, start + _size(fam, plen)))
+                fam, start, plen = parse_cidr(text, 'ledger node %s' % name)
+                out.append((start, start + prefix_size(fam, plen)))
     return out
 
 
 def _mark_all(pool, nodes):
     for start, end in _ledger_spans(nodes, pool.family):
         pool.mark(start, end)
-
-
-# ------------------------------------------------------------------------------------------
-# conflicts
 
 
 def _find_conflict(items):
@@ -321,18 +210,14 @@ def _check_conflicts(nodes, what='CIDR conflict', changed=()):
     this plan as the claimant when there is one (it is the likely culprit)."""
     items = []
     for name, entry in nodes.items():
-        for text in _entry_cidrs(entry):
-            fam, start, plen = _parse(text, 'ledger node %s' % name)
-            items.append((fam, start, start + _size(fam, plen), name, text))
+        for text in entry_cidrs(entry):
+            fam, start, plen = parse_cidr(text, 'ledger node %s' % name)
+            items.append((fam, start, start + prefix_size(fam, plen), name, text))
     pair = _find_conflict(items)
     if pair:
         if pair[0][0] in changed and pair[1][0] not in changed:
             pair = (pair[1], pair[0])
         raise IpamError(_conflict_message(pair, what))
-
-
-# ------------------------------------------------------------------------------------------
-# the plan
 
 
 class _Plan:
@@ -447,7 +332,7 @@ def plan_cluster(model, doc, run_nodes, prune=False, node_docs=None):
         for n in sorted(plan.old, key=natural_key):
             if n not in inventory:
                 entry = plan.release(n)
-                cidrs = _entry_cidrs(entry)
+                cidrs = entry_cidrs(entry)
                 plan.note('released', '%s: released %s (not in the inventory; prune)'
                           % (n, ', '.join(cidrs) or 'nothing'), node=n, cidrs=cidrs)
 
@@ -470,7 +355,7 @@ def plan_cluster(model, doc, run_nodes, prune=False, node_docs=None):
     elif mode == 'eni':
         if run:
             plan.note('note', 'eni mode: pod IPs are ENI secondary addresses assigned by the eni role; '
-                      'the ledger records nothing for %s' % _count(len(run), 'node'), nodes=list(run))
+                      'the ledger records nothing for %s' % count_of(len(run), 'node'), nodes=list(run))
     else:
         raise IpamError('ipam.mode: unknown mode %r' % (mode,))
 
@@ -509,16 +394,16 @@ def _split_families(cidrs, where):
     out = {'ipv4': [], 'ipv6': []}
     parsed = []
     for text in cidrs or ():
-        fam, start, plen = _parse(text, where)
+        fam, start, plen = parse_cidr(text, where)
         parsed.append((fam, start, plen))
     for fam, start, plen in sorted(parsed):
-        out[fam].append(_fmt(fam, start, plen))
+        out[fam].append(fmt_cidr(fam, start, plen))
     return out, parsed
 
 
 def _plan_kubernetes(cfg, inventory, run, plan):
     cluster_cidrs = ((cfg.get('kubernetes') or {}).get('cluster_cidrs')) or []
-    containers = [_parse(c, 'ipam.kubernetes.cluster_cidrs') for c in cluster_cidrs]
+    containers = [parse_cidr(c, 'ipam.kubernetes.cluster_cidrs') for c in cluster_cidrs]
     for n in run:
         where = '%s: podnet_pod_cidrs' % n
         want, parsed = _split_families(inventory[n].get('pod_cidrs'), where)
@@ -528,11 +413,11 @@ def _plan_kubernetes(cfg, inventory, run, plan):
             fam_containers = [c for c in containers if c[0] == fam]
             if not fam_containers:
                 continue
-            end = start + _size(fam, plen)
-            if not any(cs <= start and end <= cs + _size(fam, cp) for _f, cs, cp in fam_containers):
+            end = start + prefix_size(fam, plen)
+            if not any(cs <= start and end <= cs + prefix_size(fam, cp) for _f, cs, cp in fam_containers):
                 raise IpamError('%s: %s is outside the cluster CIDRs (%s)' % (
-                    where, _fmt(fam, start, plen),
-                    ', '.join(_fmt(*c) for c in fam_containers)))
+                    where, fmt_cidr(fam, start, plen),
+                    ', '.join(fmt_cidr(*c) for c in fam_containers)))
         cur = plan.view().get(n)
         have = {fam: list(((cur or {}).get('cidrs') or {}).get(fam) or []) for fam in FAMILIES}
         if cur is not None and have == want:
@@ -565,7 +450,7 @@ def _capacity(fam, blocks, mask):
     suffix = '/%d' % mask
     if all(b.endswith(suffix) for b in blocks):   # the common case: no parsing
         return len(blocks) * usable_addresses(fam, mask)
-    return sum(usable_addresses(fam, _parse(b, 'pool block')[2]) for b in blocks)
+    return sum(usable_addresses(fam, parse_cidr(b, 'pool block')[2]) for b in blocks)
 
 
 def _plan_multi_pool(cfg, inventory, run, plan):
@@ -652,7 +537,7 @@ def _plan_crd(inventory, run, plan, node_docs):
         want, parsed = _split_families(list(pool), where)
         if not parsed:
             plan.note('note', '%s: spec.ipam.pool is empty; waiting for the external allocator' % n, node=n)
-        spans = [(f, s, s + _size(f, pl)) for f, s, pl in parsed]
+        spans = [(f, s, s + prefix_size(f, pl)) for f, s, pl in parsed]
         for ip in sorted(_crd_used(nd)):
             try:
                 addr = ipaddress.ip_address(ip)
@@ -677,121 +562,13 @@ def _plan_crd(inventory, run, plan, node_docs):
         _check_conflicts(plan.view(), 'CRD pool conflict', plan.touched)
 
 
-# ------------------------------------------------------------------------------------------
-# leases, rebuild, reports
-
-
-def node_lease(doc, node, mode=None):
-    """The lease a node keeps in /var/lib/podnet/ipam/lease.json, from the ledger's entry.
-
-    mode: the IPAM mode, recorded in the lease (when given) so that the node's endpoint
-    allocation knows whether to use the node's cidrs or its multi-pool pools."""
-    entry = (doc.get('nodes') or {}).get(node)
-    if entry is None:
-        return None
-    lease = {'cluster': doc.get('cluster'), 'node': node, 'ip': entry.get('ip'),
-             'cidrs': {fam: list((entry.get('cidrs') or {}).get(fam) or []) for fam in FAMILIES},
-             'pools': dict((p, {fam: list((v or {}).get(fam) or []) for fam in FAMILIES})
-                           for p, v in (entry.get('pools') or {}).items()),
-             'allocated_at': entry.get('allocated_at', 0)}
-    if mode is not None:
-        lease['mode'] = mode
-    return lease
-
-
-def pools_used_record(usage):
-    """A node's endpoint use ({pool: {family: count}}, as store_usage returns it) as the ledger
-    records it in the entry's pools_used: non-zero int counts only; {} when nothing is in use."""
-    out = {}
-    for pool, fams in sorted((usage or {}).items()):
-        nz = dict((f, int(n)) for f, n in sorted((fams or {}).items()) if int(n) > 0)
-        if nz:
-            out[pool] = nz
-    return out
-
-
-def lease_problem(lease):
-    """None when `lease` (a parsed lease file) has a lease's shape, else what is wrong with it."""
-    if not isinstance(lease, dict):
-        why = 'a JSON %s, not an object' % type(lease).__name__
-    elif 'node' not in lease or 'cidrs' not in lease:
-        why = 'no %s key' % ('node' if 'node' not in lease else 'cidrs')
-    elif not isinstance(lease['cidrs'], dict) or not isinstance(lease.get('pools') or {}, dict):
-        why = 'cidrs and pools must be objects'
-    else:
-        return None
-    return 'not a lease (%s)' % why
-
-
-LEASE_RESTORE_HINT = ('playbooks/site.yml restores the lease from the ledger (the ipam role keeps the bad file '
-                      'beside it)')
-
-
-def plan_lease(desired, stored, path, aside=None):
-    """Pure: the actions that make the node's lease file `desired` (None: no file).
-
-    stored: {'lease': the stored lease or None, 'unreadable': what is wrong with the file, when it
-    is there but not a lease}. An unreadable file is kept aside (as `aside`) before the ledger's
-    lease is written over it; a readable one is simply replaced."""
-    bad = stored.get('unreadable')
-    if desired is None:
-        return [{'action': 'remove', 'path': path}] if stored.get('lease') is not None or bad else []
-    if not bad and desired == stored.get('lease'):
-        return []
-    actions = []
-    if bad:
-        actions.append({'action': 'keep_aside', 'path': path, 'to': aside, 'error': bad})
-    actions.append({'action': 'write', 'path': path})
-    return actions
-
-
-def _holdings(lease):
-    """What a lease claims, for comparisons: node, cluster and every CIDR by family and pool."""
-    lease = lease or {}
-    return {'node': lease.get('node'), 'cluster': lease.get('cluster'),
-            'cidrs': dict((f, list((lease.get('cidrs') or {}).get(f) or [])) for f in FAMILIES),
-            'pools': dict((p, dict((f, list((v or {}).get(f) or [])) for f in FAMILIES))
-                          for p, v in sorted((lease.get('pools') or {}).items()))}
-
-
-def _flat(holdings):
-    """Every CIDR of _holdings() as text, pool blocks as pool:CIDR, sorted."""
-    return sorted(c for fam in FAMILIES for c in holdings['cidrs'][fam]) + sorted(
-        '%s:%s' % (p, c) for p, v in holdings['pools'].items() for fam in FAMILIES for c in v[fam])
-
-
-def lease_disagreement(stored, desired):
-    """A short text when the node's stored lease claims other CIDRs (or another node or cluster)
-    than the ledger's lease although the ledger has not reallocated since the stored one was
-    written (its allocated_at is not newer): the node's copy drifted. None when they agree or
-    when the ledger legitimately changed the allocation (prune, multi-pool growth, new pod CIDRs)."""
-    if stored is None or desired is None or lease_problem(stored):
-        return None
-    have, want = _holdings(stored), _holdings(desired)
-    if have == want:
-        return None
-    try:
-        newer = int(desired.get('allocated_at') or 0) > int(stored.get('allocated_at') or 0)
-    except (TypeError, ValueError):
-        newer = False
-    if newer:
-        return None
-    parts = []
-    for key in ('node', 'cluster'):
-        if have[key] != want[key]:
-            parts.append('%s %s -> %s' % (key, have[key], want[key]))
-    if _flat(have) != _flat(want):
-        parts.append('CIDRs %s -> %s' % (', '.join(_flat(have)) or 'none', ', '.join(_flat(want)) or 'none'))
-    return '; '.join(parts) or 'pool layout differs'
-
-
 def _ordered_families(texts, where):
     """[CIDR text] -> ({family: [canonical text, in the given order]}, [(family, start, plen, text)])."""
     out = {'ipv4': [], 'ipv6': []}
     parsed = []
     for text in texts or ():
-        fam, start, plen = _parse(text, where)
-        canonical = _fmt(fam, start, plen)
+        fam, start, plen = parse_cidr(text, where)
+        canonical = fmt_cidr(fam, start, plen)
         parsed.append((fam, start, plen, canonical))
         out[fam].append(canonical)
     return out, parsed
@@ -831,7 +608,7 @@ def rebuild_from_leases(model, leases, usage=None):
                 '%s: lease pools.%s' % (n, p))
             parsed.extend(more)
         for fam, start, plen, text in parsed:
-            items.append((fam, start, start + _size(fam, plen), n, text))
+            items.append((fam, start, start + prefix_size(fam, plen), n, text))
         used = pools_used_record(usage.get(n)) if mode not in ('crd', 'eni') else {}
         if used:
             entry['pools_used'] = used
@@ -868,7 +645,7 @@ def rebuild_inputs(model, reports, allow_missing=False):
             addrs = rep.get('addresses') or []
             if addrs:
                 problems.append('%s: no lease, but its endpoint store holds %s (%s%s): its CIDR is unknown'
-                                % (n, _count(len(addrs), 'address', 'addresses'), ', '.join(addrs[:3]),
+                                % (n, count_of(len(addrs), 'address', 'addresses'), ', '.join(addrs[:3]),
                                    ', ...' if len(addrs) > 3 else ''))
             else:
                 warnings.append('%s: no lease (never provisioned): not in the rebuilt ledger; the next '
@@ -986,7 +763,7 @@ def utilization(model, doc, node_docs=None):
             fam_c = [c for c in ccidrs if family_of(c) == fam]
             report['pools'].setdefault('kubernetes', {})[fam] = {
                 'cidrs': fam_c, 'mask_size': None, 'blocks': None,
-                'addresses': {'size': sum(_size(*_parse(c, 'cluster_cidrs')[::2]) for c in fam_c) or None,
+                'addresses': {'size': sum(prefix_size(*parse_cidr(c, 'cluster_cidrs')[::2]) for c in fam_c) or None,
                               'used': 0},
                 'endpoints': {'size': 0, 'used': 0}}
     elif mode == 'crd':
@@ -1005,8 +782,8 @@ def utilization(model, doc, node_docs=None):
                     continue
                 addrs = cap = 0
                 for b in blocks:
-                    f, _s, plen = _parse(b, '%s: %s' % (n, pname))
-                    addrs += _size(f, plen)
+                    f, _s, plen = parse_cidr(b, '%s: %s' % (n, pname))
+                    addrs += prefix_size(f, plen)
                     cap += usable_addresses(f, plen)
                 used = endpoints_used(n, entry, pname, fam)
                 out['pools'].setdefault(pname, {})[fam] = {
@@ -1029,202 +806,3 @@ def utilization(model, doc, node_docs=None):
                                     'free': None if size is None else size - used,
                                     'percent': None if size is None else _pct(used, size)}
     return report
-
-
-# ------------------------------------------------------------------------------------------
-# node side: the lease
-
-
-def mode_pool(mode):
-    """The pool name endpoint IPs are counted under outside multi-pool mode (as the report names
-    it): 'default' for cluster-pool, else the mode's name ('kubernetes', 'crd', 'eni')."""
-    return mode if mode in ('kubernetes', 'crd', 'eni') else DEFAULT_POOL
-
-
-def lease_cidrs(lease):
-    """{family: [cidr, ...]}: every CIDR the lease holds (its cidrs, then its pools' blocks in
-    pool-name order), each once."""
-    out = dict((fam, []) for fam in FAMILIES)
-    lease = lease or {}
-    sources = [lease.get('cidrs') or {}]
-    sources.extend((lease.get('pools') or {})[p] or {} for p in sorted(lease.get('pools') or {}))
-    for src in sources:
-        for fam in FAMILIES:
-            for c in src.get(fam) or ():
-                if c not in out[fam]:
-                    out[fam].append(c)
-    return out
-
-
-def cluster_map(doc):
-    """Every node of the ledger as routing needs it: {node: {'ip', 'cidrs': {family: [...]}}}.
-
-    The ledger, not the inventory of one run, is the cluster: a run limited to some nodes (or
-    one AWX slice) still routes to all of them; a node leaves the map when it is pruned."""
-    out = {}
-    for node in sorted(doc.get('nodes') or {}, key=natural_key):
-        lease = node_lease(doc, node)
-        out[node] = {'ip': lease['ip'], 'cidrs': lease_cidrs(lease)}
-    return out
-
-
-def lease_router_ips(lease):
-    """The router IPs of every CIDR of the lease (IPv4 first); single addresses have none."""
-    out = []
-    cidrs = lease_cidrs(lease)
-    for fam in FAMILIES:
-        for c in cidrs[fam]:
-            ip = router_ip(c)
-            if ip is not None and ip not in out:
-                out.append(ip)
-    return out
-
-
-def lease_host_addresses(lease):
-    """The router IPs as the host device holds them: address/32 and address/128."""
-    return ['%s/%d' % (ip, MAX_BITS[family_of(ip)]) for ip in lease_router_ips(lease)]
-
-
-def endpoint_source(lease, labels=None):
-    """(pool, {family: [cidr, ...]}) an endpoint allocates from, given the node's lease and the
-    endpoint's labels. multi-pool: the pool named by the label ``ipam.podnet.io/ip-pool``
-    (else 'default'), which the node must hold blocks of; other modes: the node's cidrs, under
-    mode_pool(mode); the pool label is an error there unless it names that pool."""
-    lease = lease or {}
-    mode = lease.get('mode') or ('multi-pool' if lease.get('pools') else 'cluster-pool')
-    label = (labels or {}).get(ENDPOINT_POOL_LABEL)
-    if mode == 'multi-pool':
-        pool = label or DEFAULT_POOL
-        held = (lease.get('pools') or {}).get(pool)
-        if not held or not any(held.get(fam) for fam in FAMILIES):
-            have = sorted(p for p, v in (lease.get('pools') or {}).items()
-                          if any((v or {}).get(f) for f in FAMILIES))
-            raise IpamError("pool '%s': node %s holds no blocks of it (it holds: %s); a node serves a "
-                            "pool when the pool has pre_allocation or the node's label %s names it"
-                            % (pool, lease.get('node'), ', '.join(have) or 'none', NODE_POOLS_LABEL))
-        return pool, dict((fam, list(held.get(fam) or [])) for fam in FAMILIES)
-    pool = mode_pool(mode)
-    if label and label != pool:
-        raise IpamError("labels.%s: %r needs podnet_ipam.mode multi-pool (this node's mode is %s)"
-                        % (ENDPOINT_POOL_LABEL, label, mode))
-    cidrs = lease.get('cidrs') or {}
-    return pool, dict((fam, list(cidrs.get(fam) or [])) for fam in FAMILIES)
-
-
-def store_usage(store):
-    """{pool: {family: count}} of the endpoint addresses a node's store holds (non-zero only);
-    the controller records it as the ledger entry's pools_used."""
-    out = {}
-    for ip, rec in ((store or {}).get('used') or {}).items():
-        pool = (rec or {}).get('pool') or DEFAULT_POOL
-        fams = out.setdefault(pool, {})
-        fam = family_of(ip)
-        fams[fam] = fams.get(fam, 0) + 1
-    return out
-
-
-def store_crd_used(store):
-    """The store as CiliumNode-style status.ipam.used: {ip: {'owner': endpoint}}."""
-    return dict((ip, {'owner': (rec or {}).get('owner')}) for ip, rec in ((store or {}).get('used') or {}).items())
-
-
-# ------------------------------------------------------------------------------------------
-# node side: endpoint IPs
-
-
-def empty_store():
-    """The node's persistent endpoint-IP store; 'used' mirrors CiliumNode status.ipam.used."""
-    return {'version': 1, 'used': {}}
-
-
-def _blocks_of(cidrs_or_pool, family):
-    if isinstance(cidrs_or_pool, dict):
-        texts = list(cidrs_or_pool)        # a CRD pool: {IP-or-CIDR: {}}
-    elif isinstance(cidrs_or_pool, str):
-        texts = [cidrs_or_pool]
-    else:
-        texts = list(cidrs_or_pool or [])
-    out = []
-    for t in texts:
-        fam, start, plen = _parse(t, 'endpoint pool')
-        if fam == family:
-            out.append((start, plen, _fmt(fam, start, plen)))
-    return sorted(out)
-
-
-def _host_range(family, start, plen):
-    """[first, last] endpoint addresses of a block (see usable_addresses)."""
-    size = _size(family, plen)
-    if size == 1:
-        return start, start
-    last = start + size - 1
-    if family == 'ipv4':
-        last -= 1              # broadcast
-    return start + 2, last     # skip the network address and the router IP
-
-
-def plan_endpoint_ip(store, cidrs_or_pool, endpoint_id, family, pool=None):
-    """Pick the lowest free endpoint address of `family` from the node's CIDRs or a pool.
-
-    cidrs_or_pool: a list of CIDR/IP texts (the node's cidrs or one multi-pool pool's blocks) or
-    a CRD pool dict {IP-or-CIDR: {}}. Idempotent: an endpoint that already holds an address of
-    this family (and pool) gets it back unchanged. Returns (new_store, ip); store is not mutated.
-
-    An address the endpoint holds that is no longer inside the node's CIDRs (the node's lease
-    changed, for example a new ledger) is stale: it is dropped and a new one allocated.
-    """
-    if family not in FAMILIES:
-        raise IpamError('family %r is not ipv4 or ipv6' % (family,))
-    store = store or empty_store()
-    used = store.get('used') or {}
-    blocks = _blocks_of(cidrs_or_pool, family)
-    ranges = [_host_range(family, start, plen) for start, plen, _text in blocks]
-    held = [ip for ip, rec in used.items()
-            if rec.get('owner') == endpoint_id and family_of(ip) == family and (pool is None or rec.get('pool') == pool)]
-    for ip in held:
-        value = int(ipaddress.ip_address(ip))
-        if any(first <= value <= last for first, last in ranges):
-            return store, ip
-    if held:
-        used = dict((ip, rec) for ip, rec in used.items() if ip not in held)
-        store = dict(store, used=used)
-    label = "pool '%s'" % pool if pool else 'node CIDRs'
-    if not blocks:
-        raise IpamError('%s: no %s CIDRs to allocate from for endpoint %s' % (label, family, endpoint_id))
-    taken = set(int(ipaddress.ip_address(ip)) for ip in used if family_of(ip) == family)
-    total = in_use = 0
-    for start, plen, _text in blocks:
-        first, last = _host_range(family, start, plen)
-        total += usable_addresses(family, plen)
-        a = first
-        while a <= last and a in taken:
-            a += 1
-        if a <= last:
-            ip = _fmt_addr(family, a)
-            new_used = dict(used)
-            rec = {'owner': endpoint_id}
-            if pool:
-                rec['pool'] = pool
-            new_used[ip] = rec
-            new_store = dict(store)
-            new_store['used'] = new_used
-            new_store.setdefault('version', 1)
-            return new_store, ip
-        in_use += sum(1 for t in taken if first <= t <= last)
-    raise IpamError('%s (%s: %s) is exhausted: %d of %d in use; cannot allocate an %s address for '
-                    'endpoint %s' % (label, ', '.join(b[2] for b in blocks), _count(total, 'endpoint address', 'endpoint addresses'),
-                                     in_use, total, family, endpoint_id))
-
-
-def release_endpoint_ip(store, endpoint_id, family=None):
-    """Release the endpoint's addresses (of one family, or all). Idempotent: releasing what is
-    not held returns the store unchanged. Returns (new_store, released_ips)."""
-    store = store or empty_store()
-    used = store.get('used') or {}
-    gone = sorted(ip for ip, rec in used.items()
-                  if rec.get('owner') == endpoint_id and (family is None or family_of(ip) == family))
-    if not gone:
-        return store, []
-    new_store = dict(store)
-    new_store['used'] = dict((ip, rec) for ip, rec in used.items() if ip not in gone)
-    return new_store, gone
