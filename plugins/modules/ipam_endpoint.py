@@ -187,7 +187,7 @@ def plan_present(store, lease, endpoint_id, family, labels):
         for ip, rec in sorted(_held(store, endpoint_id).items()):
             if ipfamily.family_of(ip) == fam and rec.get('pool', ipam_cidr.DEFAULT_POOL) != pool:
                 raise ipam_cidr.IpamError("endpoint %s holds %s from pool '%s', not '%s'; release it "
-                                     "(state=absent) to move it" % (endpoint_id, ip, rec.get('pool'), pool))
+                                          "(state=absent) to move it" % (endpoint_id, ip, rec.get('pool'), pool))
         new, ip = ipam_endpoints.plan_endpoint_ip(new, blocks.get(fam) or [], endpoint_id, fam, pool=pool)
         if ip not in old_used:
             actions.append({'action': 'allocate', 'family': fam, 'ip': ip, 'pool': pool})
@@ -270,10 +270,10 @@ def main():
             if action['action'] == 'allocate':
                 blocks = ipam_lease.endpoint_source(lease, labels)[1]
                 new, ip = ipam_endpoints.plan_endpoint_ip(store, blocks.get(action['family']) or [], endpoint,
-                                                action['family'], pool=action['pool'])
+                                                          action['family'], pool=action['pool'])
                 if ip != action['ip']:
                     raise ipam_cidr.IpamError('the store changed while %s was planned: %s is no longer the address '
-                                         'to allocate (%s is)' % (endpoint, action['ip'], ip))
+                                              'to allocate (%s is)' % (endpoint, action['ip'], ip))
             else:
                 new = _release_ip(store, endpoint, action['ip'])
             if new != store:

@@ -320,7 +320,7 @@ def test_lease_helpers():
     assert ipam_endpoints.store_usage(store) == {'gpu': {'ipv4': 1, 'ipv6': 1}, 'default': {'ipv4': 1}}
     assert ipam_endpoints.store_crd_used(store)['fd00::2'] == {'owner': 'a'}
     assert ipam_lease.node_lease({'cluster': 'c', 'nodes': {'n': {'cidrs': {'ipv4': ['10.0.0.0/24']}}}}, 'n',
-                           mode='cluster-pool')['mode'] == 'cluster-pool'
+                                 mode='cluster-pool')['mode'] == 'cluster-pool'
     assert 'mode' not in ipam_lease.node_lease({'nodes': {'n': {}}}, 'n')
 
 

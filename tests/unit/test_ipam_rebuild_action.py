@@ -28,7 +28,7 @@ def model(ledger_path, n=3):
 def reports_for(m):
     """Each node's ipam_node_info result after a site.yml run: its lease and its health endpoint's use."""
     doc = ipam_plan.plan_cluster(m, {'version': 1, 'cluster': None, 'serial': 0, 'nodes': {}, 'identities': {}},
-                            sorted(m['nodes']))[0]
+                                 sorted(m['nodes']))[0]
     return doc, dict((n, {'changed': False, 'lease': ipam_lease.node_lease(doc, n, 'cluster-pool'), 'lease_error': None,
                           'usage': {'default': {'ipv4': i + 1}}, 'addresses': [], 'store_error': None})
                      for i, n in enumerate(sorted(m['nodes'])))
