@@ -167,8 +167,8 @@ def run_ok(name, *inventories, **kw):
 # site.yml ends with verify.yml (the product's default). The tests run it without that closing play
 # unless they ask for it (-e podnet_site_verify=true): they assert on kernel state and packets
 # themselves, and the play costs about a third of an idempotent site run's CPU. Where a test's proof
-# is "verify passes" it says so: the kill-point reruns, test_lab.py's converge, and the files that
-# run verify.yml itself (concurrent runs, health, drift).
+# is "verify passes" it says so: the kill-point reruns and test_lab.py's converge keep the play, and
+# test_concurrent_runs_lab.py runs verify.yml itself.
 SITE_VERIFY = '-e', 'podnet_site_verify=false'
 
 
