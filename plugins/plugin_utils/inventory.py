@@ -619,12 +619,29 @@ def _complete(model):
     tunnel = model['routing']['tunnel']
     if tunnel is not _INVALID and tunnel['port'] is None and _ok(tunnel['protocol']):
         tunnel['port'] = tunnel_facts.PORTS[tunnel['protocol']]
-    if _ok(model['routing']) and _ok(model['routing']['mode']):
-        model['routing']['overhead'] = tunnel_facts.overhead(model['routing']['mode'])
+    routing = model['routing']
+    if _ok(routing) and _ok(routing['mode']):
+        _derive_routing(routing)
     multi = model['ipam']['multi_pool']
     if multi is not _INVALID and multi['pre_allocation'] is None:
         pools = multi['pools']
         multi['pre_allocation'] = {'default': 8} if _ok(pools) and 'default' in pools else {}
+
+
+def _derive_routing(routing):
+    """What the roles decide by the routing mode, derived here once so that they pass it on as it is:
+    - routes: whether podnet's routing module reconciles routes to the other nodes (tunnel and
+      native; eni mode routes with ENIs);
+    - link_kinds: the tunnel device kinds the node's kernel must be able to create (preflight);
+    - bgp: the BGP speaker's settings when the node runs one (native routing with bgp), else None;
+    - overhead: the bytes the pod MTU gives up to encapsulation."""
+    mode = routing['mode']
+    tunnel = routing['tunnel'] if _ok(routing['tunnel']) else {}
+    native = routing['native'] if _ok(routing['native']) else {}
+    routing['routes'] = mode in ('tunnel', 'native')
+    routing['link_kinds'] = [tunnel['protocol']] if mode == 'tunnel' and _ok(tunnel.get('protocol')) else []
+    routing['bgp'] = native.get('bgp') if mode == 'native' else None
+    routing['overhead'] = tunnel_facts.overhead(mode)
 
 
 def _check_ledger(model, errors):

@@ -156,6 +156,7 @@ def test_good_native_bgp_defaults():
                 'speaker': 'bird', 'hold_time': None}}
     assert routing['tunnel'] == {'protocol': 'vxlan', 'port': 8472, 'vni': 2}
     assert routing['overhead'] == 0            # derived once: what the pod MTU gives up (native: nothing)
+    assert routing['bgp'] == routing['native']['bgp'] and routing['link_kinds'] == [] and routing['routes']
 
 
 def test_good_eni_defaults():
@@ -191,7 +192,9 @@ def test_lab_base_model():
         'routing': {'mode': 'tunnel', 'tunnel': {'protocol': 'vxlan', 'port': 8472, 'vni': 2},
                     'native': {'ipv4_cidr': None, 'auto_direct_node_routes': False,
                                'skip_unreachable': False, 'bgp': None},
-                    'mtu': 0, 'masquerade': True, 'overhead': 50},
+                    'mtu': 0, 'masquerade': True,
+                    # derived once, for the roles: see inventory._derive_routing
+                    'routes': True, 'link_kinds': ['vxlan'], 'bgp': None, 'overhead': 50},
         'eni': None,
         'policy': {},
         'nodes': dict(('node%d' % i, {'ip': '192.168.50.%d' % (10 + i), 'device': None,
