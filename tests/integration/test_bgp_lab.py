@@ -351,16 +351,16 @@ def test_a_third_node_joins_without_touching_the_others(lab):
 
 
 def test_convergence_of_a_restarted_speaker(lab):
-    """Two more samples: node3's speaker removed, then started again by the role."""
+    """node3's speaker removed, then started again by the role: its CIDR is withdrawn and comes back
+    within bounds (one more sample; the figures themselves come from `make bench BENCH=datapath`)."""
     ensure_bgp(lab, 3)
     changing(lab)
-    for _round in range(2):
-        run_bgp(lab['inv3'], '--limit', 'node3', '-e', 'bgp_test_state=absent')
-        wait_for('node3 withdrawn', lambda: [m for m in (TOR, 'node1') if cidr('node3') in ip_routes(m)])
-        with Poller(cidr('node3'), [TOR, 'node1']) as poll:
-            rc, out = run(lab['inv3'], '--limit', 'node3')
-        assert rc == 0, out[-6000:]
-        convergence_sample(lab, poll, 'node3')
+    run_bgp(lab['inv3'], '--limit', 'node3', '-e', 'bgp_test_state=absent')
+    wait_for('node3 withdrawn', lambda: [m for m in (TOR, 'node1') if cidr('node3') in ip_routes(m)])
+    with Poller(cidr('node3'), [TOR, 'node1']) as poll:
+        rc, out = run(lab['inv3'], '--limit', 'node3')
+    assert rc == 0, out[-6000:]
+    convergence_sample(lab, poll, 'node3')
     # With the join test's sample when it ran in this module.
     tor = [c[0] for c in lab['convergence']]
     peer = [c[1] for c in lab['convergence']]

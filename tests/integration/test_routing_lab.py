@@ -265,11 +265,6 @@ def test_tunnel_mode_builds_the_overlay_and_pods_talk_over_vxlan(lab):
     assert not [p for p in pkts if 'vni' not in p and (p['src'] in pod_ips or p['dst'] in pod_ips)]
 
 
-def test_second_run_changes_nothing(lab):
-    ensure(lab, 'tunnel2')
-    assert_second_run_changes_nothing(lab['inv']['tunnel2'])
-
-
 def test_masquerade_snats_traffic_leaving_the_cluster_only(lab):
     ensure(lab, 'tunnel2')
     tables = json.loads(nsenter(PREFIX, 'node1', ['nft', '-j', 'list', 'table', 'ip', 'podnet']))
