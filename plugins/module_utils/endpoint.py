@@ -432,7 +432,7 @@ def resolve_mtu(mtu, host_device):
 def run_module(module, name, device, desired_state, read, plan, apply, project):
     """The pass of a module that reconciles an endpoint (endpoint, health_endpoint): the desired
     state (desired_state(mtu), the MTU resolved first), one reconcile pass, the convergence check,
-    and the result's endpoint keys. read() and apply(action) act on the node; plan and project are
+    and the result's endpoint keys. read(desired) and apply(action) act on the node; plan and project are
     the pure functions of the endpoint (or of the endpoint plus what the module adds to it).
 
     Every error fails the module in one line that starts with `name`. Returns (result, desired).
@@ -444,7 +444,7 @@ def run_module(module, name, device, desired_state, read, plan, apply, project):
             desired = desired_state(mtu)
         except EndpointError as e:
             module.fail_json(msg='%s: %s' % (name, e))
-        result = Reconciler(module, read, plan=lambda realized: plan(desired, realized), apply=apply,
+        result = Reconciler(module, lambda: read(desired), plan=lambda realized: plan(desired, realized), apply=apply,
                             project=lambda realized, actions: project(desired, realized, actions), name=name).run()
         after = result['state']
         if result['changed'] and not module.check_mode:

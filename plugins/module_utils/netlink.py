@@ -102,6 +102,14 @@ def underlay(ipr, node_ip, node_device=None):
     return device_for_address(ipr, node_ip)
 
 
+def underlay_missing(node_ip, node_device, key_prefix=''):
+    """Why underlay() found nothing, naming the key at fault (with `key_prefix`: 'podnet_' names the
+    inventory key, '' the module parameter)."""
+    if node_device:
+        return '%snode_device: %s is not a device of this node' % (key_prefix, node_device)
+    return '%snode_ip: %s is not on any device of this node' % (key_prefix, node_ip)
+
+
 def routes(ipr, proto=None, table=254):
     out = []
     kw = {'table': table}

@@ -103,9 +103,8 @@ def desired_state(params, underlay, node='this node'):
     if mode == 'none':
         return desired, warnings
     if underlay is None or not underlay.get('dev'):
-        if params.get('node_device'):
-            raise RoutingError('%s: podnet_node_device: %s is not a device of this node' % (node, params['node_device']))
-        raise RoutingError('%s: podnet_node_ip: %s is not on any device of this node' % (node, params['node_ip']))
+        raise RoutingError('%s: %s' % (node, netlink.underlay_missing(params['node_ip'], params.get('node_device'),
+                                                                      'podnet_')))
     others = peers(params.get('cluster'), params['node'])
     if mode == 'tunnel':
         t = params.get('tunnel') or {}

@@ -139,7 +139,7 @@ def main():
     result, _desired = endpoint.run_module(
         module, 'endpoint %s' % ns, device,
         lambda mtu: endpoint.desired_state(ns, device, p['addresses'], p['router'], p['router_ipv6'], mtu, p['state']),
-        read=lambda: endpoint.read(endpoint.open_ipr, ns, device),
+        read=lambda desired: endpoint.read(endpoint.open_ipr, ns, device),
         plan=endpoint.plan,
         apply=lambda action: endpoint.apply_action(endpoint.open_ipr, ns, action),
         project=endpoint.project)

@@ -159,12 +159,11 @@ def main():
     netlink.require_pyroute2(module)
     p = module.params
     ns, device = p['netns'], p['device']
-    pidfile = health.pidfile_path(ns, p['pid_dir'])
     result, desired = endpoint.run_module(
         module, 'health endpoint %s' % ns, device,
         lambda mtu: health.desired_state(ns, device, p['addresses'], p['router'], p['router_ipv6'], mtu, p['port'],
                                          p['node_name'] or socket.gethostname(), p['state'], pid_dir=p['pid_dir']),
-        read=lambda: health.read(endpoint.open_ipr, ns, device, pidfile),
+        read=lambda desired: health.read(endpoint.open_ipr, ns, device, desired['pidfile']),
         plan=health.plan,
         apply=lambda action: health.apply_action(endpoint.open_ipr, sys.executable, ns, action),
         project=health.project)

@@ -147,9 +147,7 @@ def main():
                     module.fail_json(msg='node_ip: required when mtu is 0 (auto), unless node_device is given')
                 dev = netlink.underlay(ipr, p['node_ip'], p['node_device'])
                 if dev is None:
-                    module.fail_json(msg='node_device: %s is not a device of this node' % p['node_device']
-                                     if p['node_device'] else
-                                     'node_ip: %s is not on any device of this node' % p['node_ip'])
+                    module.fail_json(msg=netlink.underlay_missing(p['node_ip'], p['node_device']))
                 mtu = dev['mtu'] - p['overhead']
             if p['state'] == 'present' and not 68 <= mtu <= 65535:
                 module.fail_json(msg='mtu: %d is not a valid MTU' % mtu)
