@@ -47,7 +47,7 @@ QUICK = {'nodes': 500, 'rounds': 1}
 
 
 def make_model(scenario, n):
-    nodes = dict(('node%05d' % i, {'ip': '192.168.%d.%d' % (i // 250, i % 250 + 1), 'device': None,
+    nodes = dict(('node%05d' % i, {'node_ip': '192.168.%d.%d' % (i // 250, i % 250 + 1), 'node_device': None,
                                    'labels': {}, 'pod_cidrs': [], 'instance': None})
                  for i in range(1, n + 1))
     ipam_cfg = {'mode': scenario, 'ledger': {'backend': 'file', 'path': None},

@@ -77,7 +77,7 @@ class ActionModule(ctl.IpamAction):
         result.update(
             changed=bool(changed),
             allocations=allocations,
-            cluster=ipam_lease.cluster_map(after),
+            nodes=ipam_lease.node_map(after),
             changes=changes,
             waiting=waiting,
             ledger={'backend': led.backend, 'location': led.location, 'serial': after.get('serial', 0)},

@@ -17,12 +17,14 @@ options:
       - Take them from the node's IPAM store with M(podnet.fabric.ipam_endpoint).
     type: list
     elements: str
-  router:
-    description: The node's router IP (IPv4) on the host device; the endpoint's default gateway.
-    type: str
-  router_ipv6:
-    description: The node's IPv6 router IP; required when O(addresses) has an IPv6 address.
-    type: str
+  router_ips:
+    description:
+      - The node's router IPs on the host device, as M(podnet.fabric.ipam_endpoint) returns them. For
+        each family of O(addresses), the first router IP of that family is the endpoint's default
+        gateway; a family of O(addresses) without one is an error.
+    type: list
+    elements: str
+    default: []
   mtu:
     description: MTU of both ends of the pair (the pod MTU). C(0) takes the MTU of O(host_device).
     type: int

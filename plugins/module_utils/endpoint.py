@@ -87,30 +87,31 @@ def normalize_addresses(addresses):
     return out
 
 
-def normalize_router(router, family):
-    if router in (None, ''):
-        return None
-    text = str(router).split('/', 1)[0].strip()
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise EndpointError('router%s: %r is not an IP address' % ('_ipv6' if family == 'ipv6' else '', router))
-    if 'ipv%d' % addr.version != family:
-        raise EndpointError('router%s: %s is not an %s address' % ('_ipv6' if family == 'ipv6' else '', router, family))
-    return str(addr)
+def normalize_routers(router_ips):
+    """{family: router IP}: the first router IP of each family in `router_ips` (the node's router
+    IPs as ipam_endpoint returns them, IPv4 first), bare or as host prefixes."""
+    out = {}
+    for router in router_ips or ():
+        text = str(router).split('/', 1)[0].strip()
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise EndpointError('router_ips: %r is not an IP address' % (router,))
+        out.setdefault('ipv%d' % addr.version, str(addr))
+    return out
 
 
-def desired_state(netns, device, addresses, router, router_ipv6, mtu, state):
+def desired_state(netns, device, addresses, router_ips, mtu, state):
     """Validate and normalize everything the plan compares (raises EndpointError)."""
     check_names(netns, device)
     if state == 'absent':
         return {'state': 'absent', 'netns': netns, 'device': device}
     addrs = normalize_addresses(addresses)
-    routers = {'ipv4': normalize_router(router, 'ipv4'), 'ipv6': normalize_router(router_ipv6, 'ipv6')}
+    routers = normalize_routers(router_ips)
     for fam in ('ipv4', 'ipv6'):
-        if fam in addrs and not routers[fam]:
-            raise EndpointError('%s: the endpoint has an %s address (%s) but no %s router IP to route through'
-                                % ('router' if fam == 'ipv4' else 'router_ipv6', fam, addrs[fam], fam))
+        if fam in addrs and not routers.get(fam):
+            raise EndpointError('router_ips: the endpoint has an %s address (%s) but no %s router IP to route through'
+                                % (fam, addrs[fam], fam))
     if not 68 <= int(mtu) <= 65535:
         raise EndpointError('mtu: %s is not a valid MTU' % mtu)
     routes, node_routes = [], []
@@ -409,8 +410,7 @@ def route_spec(ipr, r):
 # The options both endpoint modules take (their documentation: doc_fragments/endpoint.py).
 ARGUMENT_SPEC = dict(
     addresses=dict(type='list', elements='str'),
-    router=dict(type='str'),
-    router_ipv6=dict(type='str'),
+    router_ips=dict(type='list', elements='str', default=[]),
     mtu=dict(type='int', default=0),
     host_device=dict(type='str', default='podnet_host'),
     state=dict(type='str', choices=['present', 'absent'], default='present'),
@@ -455,18 +455,18 @@ def run_module(module, name, device, desired_state, read, plan, apply, project):
         if p['state'] == 'present':
             by_fam = addresses_by_family(after, desired)
             result.update(address=by_fam.get('ipv4'), address_ipv6=by_fam.get('ipv6'), mtu=mtu)
-            _warn_unreachable_router(module, device, by_fam, result['arp_ignore'])
+            _warn_unreachable_router(module, device, by_fam, desired, result['arp_ignore'])
     return result, desired
 
 
-def _warn_unreachable_router(module, device, by_family, arp_ignore_value):
+def _warn_unreachable_router(module, device, by_family, desired, arp_ignore_value):
     """Warn when the node will not answer the endpoint's neighbour requests for its router IP."""
-    p = module.params
+    gateways = dict((r['dst'], r['gateway']) for r in desired['routes'] if r['gateway'])
     if 'ipv4' in by_family and arp_ignore_value not in (None, 0):
         module.warn('%s: net.ipv4.conf arp_ignore is %s: the node will not answer ARP for the router IP %s '
                     'on %s, so the endpoint cannot reach its router; set arp_ignore=0 there'
-                    % (device, arp_ignore_value, p['router'], device))
+                    % (device, arp_ignore_value, gateways.get('default'), device))
     if 'ipv6' in by_family and sysctl.read_int('net.ipv6.conf.%s.forwarding' % device) == 0:
         module.warn('%s: net.ipv6.conf forwarding is 0: the node does not answer neighbour solicitations '
                     'for the proxied router IP %s, so the IPv6 endpoint cannot reach its router'
-                    % (device, p['router_ipv6']))
+                    % (device, gateways.get('default6')))

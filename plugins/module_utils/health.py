@@ -119,10 +119,10 @@ def responder_argv(python, netns, port, node_name, pidfile):
     return [python, '-c', RESPONDER_SRC] + responder_args(netns, port, node_name, pidfile)
 
 
-def desired_state(netns, device, addresses, router, router_ipv6, mtu, port, node_name, state,
+def desired_state(netns, device, addresses, router_ips, mtu, port, node_name, state,
                   pid_dir=PID_DIR):
     """The endpoint's desired state plus the responder's (raises EndpointError)."""
-    out = endpoint.desired_state(netns, device, addresses, router, router_ipv6, mtu, state)
+    out = endpoint.desired_state(netns, device, addresses, router_ips, mtu, state)
     out['pidfile'] = pidfile_path(netns, pid_dir)
     if state == 'absent':
         return out

@@ -16,14 +16,14 @@ Removal deletes our table and only our table.
 
 The table holds:
 
-- named interval sets ``sources`` (this node's pod CIDRs) and ``exclude`` (destinations never
+- named interval sets ``pod_cidrs`` (this node's pod CIDRs) and ``exclude`` (destinations never
   masqueraded: the native-routing CIDR), and ``exclude_ifaces`` (output interfaces never
   masqueraded) when given. Named sets rather than anonymous ones: nft rewrites an anonymous set of
   one element into a plain prefix match and a /32 into an address, so what is read back would
   depend on the number of CIDRs; named sets read back exactly as written, and an operator can see
   them with ``nft list set ip podnet exclude``.
 - a base chain ``postrouting`` (``type nat hook postrouting priority srcnat``, policy accept);
-- one rule ``ip saddr @sources ip daddr != @exclude [oifname != @exclude_ifaces] counter
+- one rule ``ip saddr @pod_cidrs ip daddr != @exclude [oifname != @exclude_ifaces] counter
   snat to <node IP>``. ``snat to`` the node IP rather than ``masquerade``: the address is the node's
   underlay IP, known and stable, and the rule does not depend on the egress device's primary address.
 """
@@ -49,7 +49,7 @@ except ImportError:
 FAMILY = 'ip'
 CHAIN = 'postrouting'
 SRCNAT_PRIO = 100  # the 'srcnat' priority of the nat postrouting hook
-SET_SOURCES = 'sources'
+SET_POD_CIDRS = 'pod_cidrs'
 SET_EXCLUDE = 'exclude'
 SET_EXCLUDE_IFACES = 'exclude_ifaces'
 COMMENT = 'podnet: SNAT pod traffic leaving the native-routing CIDR'
@@ -118,7 +118,7 @@ def canonical_ifnames(field, values):
 def spec(params):
     """The desired configuration from module params (pure; MasqueradeError on bad input).
 
-    params: state, table, sources, exclude, snat_address, exclude_interfaces
+    params: state, table, pod_cidrs, exclude, node_ip, exclude_interfaces
     """
     table = params.get('table') or 'podnet'
     if not _NAME_RE.match(table):
@@ -126,17 +126,17 @@ def spec(params):
     out = {'state': params.get('state') or 'present', 'table': table}
     if out['state'] == 'absent':
         return out
-    sources = canonical_cidrs('sources', params.get('sources'))
-    if not sources:
-        raise MasqueradeError('sources: give at least one pod CIDR of this node when state is present')
+    pod_cidrs = canonical_cidrs('pod_cidrs', params.get('pod_cidrs'))
+    if not pod_cidrs:
+        raise MasqueradeError('pod_cidrs: give at least one pod CIDR of this node when state is present')
     exclude = canonical_cidrs('exclude', params.get('exclude'))
     if not exclude:
         raise MasqueradeError('exclude: give the native-routing CIDR (the destinations that are not '
                               'masqueraded); without it pod-to-pod traffic would be SNATed too')
-    if params.get('snat_address') in (None, ''):
-        raise MasqueradeError('snat_address: required when state is present (the node IP)')
-    out.update(sources=sources, exclude=exclude,
-               snat_address=canonical_address('snat_address', params['snat_address']),
+    if params.get('node_ip') in (None, ''):
+        raise MasqueradeError('node_ip: required when state is present (the address SNAT rewrites to)')
+    out.update(pod_cidrs=pod_cidrs, exclude=exclude,
+               node_ip=canonical_address('node_ip', params['node_ip']),
                exclude_interfaces=canonical_ifnames('exclude_interfaces', params.get('exclude_interfaces')))
     return out
 
@@ -166,16 +166,16 @@ def desired_table(sp):
         return None
     sets = [
         {'name': SET_EXCLUDE, 'type': 'ipv4_addr', 'flags': ['interval'], 'elem': list(sp['exclude'])},
-        {'name': SET_SOURCES, 'type': 'ipv4_addr', 'flags': ['interval'], 'elem': list(sp['sources'])},
+        {'name': SET_POD_CIDRS, 'type': 'ipv4_addr', 'flags': ['interval'], 'elem': list(sp['pod_cidrs'])},
     ]
     expr = [
-        {'match': {'op': '==', 'left': _payload('saddr'), 'right': '@' + SET_SOURCES}},
+        {'match': {'op': '==', 'left': _payload('saddr'), 'right': '@' + SET_POD_CIDRS}},
         {'match': {'op': '!=', 'left': _payload('daddr'), 'right': '@' + SET_EXCLUDE}},
     ]
     if sp['exclude_interfaces']:
         sets.append({'name': SET_EXCLUDE_IFACES, 'type': 'ifname', 'elem': list(sp['exclude_interfaces'])})
         expr.append({'match': {'op': '!=', 'left': {'meta': {'key': 'oifname'}}, 'right': '@' + SET_EXCLUDE_IFACES}})
-    expr += [{'counter': None}, {'snat': {'addr': sp['snat_address']}}]
+    expr += [{'counter': None}, {'snat': {'addr': sp['node_ip']}}]
     for s in sets:
         s['elem'].sort(key=_elem_key)
     return {

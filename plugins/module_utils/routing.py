@@ -15,7 +15,7 @@ lightweight-tunnel ``encap ip`` routes, and pyroute2 cannot encode LWTUNNEL_ENCA
 variant needs nothing but netlink objects pyroute2 handles, each of which the plan can compare
 exactly. Learning is off, so the kernel never adds entries of its own. mac(P) is derived from
 P's underlay IPv4 address (0e:70 + the 4 bytes), so no node needs another node's facts (AWX
-slices): the cluster map (node, ip, pod CIDRs) comes from the IPAM ledger. P.gw is the router IP
+slices): the node map (node, node_ip, pod CIDRs) comes from the IPAM ledger. P.gw is the router IP
 of P's first pod CIDR; only its MAC matters (the inner packet still goes to the pod's address).
 
 Geneve devices have no FDB: a Geneve tunnel is one device per peer (``remote P.ip``), named
@@ -69,30 +69,30 @@ def _gateway(cidrs):
     return None
 
 
-def peers(cluster, node):
-    """The other nodes of the cluster map as a sorted list of {name, ip, cidrs: {family: [...]}}.
+def peers(nodes, node):
+    """The other nodes of the node map as a sorted list of {name, node_ip, pod_cidrs: {family: [...]}}.
 
-    cluster: {name: {'ip': str, 'cidrs': {'ipv4': [...], 'ipv6': [...]}}} (ipam_allocate's
-    ``cluster``). Nodes without an IP or without CIDRs carry nothing to route and are left out.
+    nodes: {name: {'node_ip': str, 'pod_cidrs': {'ipv4': [...], 'ipv6': [...]}}} (ipam_allocate's
+    ``nodes``). Nodes without an IP or without pod CIDRs carry nothing to route and are left out.
     """
     out = []
-    for name in sorted(cluster or {}):
+    for name in sorted(nodes or {}):
         if name == node:
             continue
-        entry = cluster[name] or {}
-        cidrs = entry.get('cidrs') or {}
+        entry = nodes[name] or {}
+        cidrs = entry.get('pod_cidrs') or {}
         norm = dict((f, sorted(str(ipaddress.ip_network(c, strict=False)) for c in cidrs.get(f) or ()))
                     for f in FAMILIES)
-        if not entry.get('ip') or not (norm['ipv4'] or norm['ipv6']):
+        if not entry.get('node_ip') or not (norm['ipv4'] or norm['ipv6']):
             continue
-        out.append({'name': name, 'ip': str(entry['ip']), 'cidrs': norm})
+        out.append({'name': name, 'node_ip': str(entry['node_ip']), 'pod_cidrs': norm})
     return out
 
 
 def desired_state(params, underlay, node='this node'):
     """Normalize the module's parameters into the desired state the plan compares with.
 
-    params: {mode, node, node_ip, cluster, tunnel: {protocol, port, vni}, native:
+    params: {mode, node, node_ip, nodes, tunnel: {protocol, port, vni}, native:
     {auto_direct_node_routes, skip_unreachable}, mtu, state}; underlay: {'dev', 'mtu',
     'networks': [cidr, ...]} read from the node (the device holding node_ip). Raises RoutingError.
     Returns (desired, warnings).
@@ -105,7 +105,7 @@ def desired_state(params, underlay, node='this node'):
     if underlay is None or not underlay.get('dev'):
         raise RoutingError('%s: %s' % (node, netlink.underlay_missing(params['node_ip'], params.get('node_device'),
                                                                       'podnet_')))
-    others = peers(params.get('cluster'), params['node'])
+    others = peers(params.get('nodes'), params['node'])
     if mode == 'tunnel':
         t = params.get('tunnel') or {}
         protocol = t.get('protocol') or 'vxlan'
@@ -121,44 +121,44 @@ def desired_state(params, underlay, node='this node'):
         for p in others:
             dev = VXLAN_DEVICE
             if protocol == 'geneve':
-                dev = geneve_device(p['ip'])
+                dev = geneve_device(p['node_ip'])
                 if dev in seen:
                     raise RoutingError('%s: podnet_node_ip: Geneve device name %s is shared by %s and %s '
                                        '(their IPs end in the same 3 bytes)' % (p['name'], dev, seen[dev], p['name']))
                 seen[dev] = p['name']
-                desired['devices'][dev] = dict(common, remote=p['ip'], local=None, link=None, learning=None)
-            pmac = node_mac(p['ip'])
+                desired['devices'][dev] = dict(common, remote=p['node_ip'], local=None, link=None, learning=None)
+            pmac = node_mac(p['node_ip'])
             if protocol == 'vxlan':
-                desired['fdb'].append({'dev': dev, 'mac': pmac, 'dst': p['ip']})
+                desired['fdb'].append({'dev': dev, 'mac': pmac, 'dst': p['node_ip']})
             for fam in FAMILIES:
-                gw = _gateway(p['cidrs'][fam])
+                gw = _gateway(p['pod_cidrs'][fam])
                 if gw is None:
                     continue
                 desired['neighbours'].append({'dev': dev, 'dst': gw, 'mac': pmac})
-                for c in p['cidrs'][fam]:
+                for c in p['pod_cidrs'][fam]:
                     desired['routes'].append({'dst': c, 'gateway': gw, 'dev': dev, 'onlink': True})
     elif mode == 'native':
         n = params.get('native') or {}
         if n.get('auto_direct_node_routes'):
             nets = [ipaddress.ip_network(c, strict=False) for c in underlay.get('networks') or ()]
             for p in others:
-                ip = ipaddress.ip_address(p['ip'])
+                ip = ipaddress.ip_address(p['node_ip'])
                 if not any(ip in net for net in nets):
                     msg = ("%s: podnet_routing.native.auto_direct_node_routes: %s's IP %s is not on-link "
                            "on %s (%s), so '%s via %s' cannot be a direct route" % (
-                               node, p['name'], p['ip'], underlay['dev'],
+                               node, p['name'], p['node_ip'], underlay['dev'],
                                ', '.join(str(x) for x in nets) or 'no IPv4 network',
-                               ', '.join(p['cidrs']['ipv4'] + p['cidrs']['ipv6']), p['ip']))
+                               ', '.join(p['pod_cidrs']['ipv4'] + p['pod_cidrs']['ipv6']), p['node_ip']))
                     if n.get('skip_unreachable'):
                         warnings.append(msg + '; skipped (skip_unreachable)')
                         continue
                     raise RoutingError(msg + '; route it another way (BGP) or set '
                                        'podnet_routing.native.skip_unreachable')
-                for c in p['cidrs']['ipv4']:
-                    desired['routes'].append({'dst': c, 'gateway': p['ip'], 'dev': underlay['dev'], 'onlink': False})
-                if p['cidrs']['ipv6']:
+                for c in p['pod_cidrs']['ipv4']:
+                    desired['routes'].append({'dst': c, 'gateway': p['node_ip'], 'dev': underlay['dev'], 'onlink': False})
+                if p['pod_cidrs']['ipv6']:
                     warnings.append('%s: %s has IPv6 pod CIDRs %s: direct routes need an IPv6 underlay; '
-                                    'not routed' % (node, p['name'], ', '.join(p['cidrs']['ipv6'])))
+                                    'not routed' % (node, p['name'], ', '.join(p['pod_cidrs']['ipv6'])))
     else:
         raise RoutingError('%s: podnet_routing.mode: %r is not tunnel or native' % (node, mode))
     for key in ('routes', 'neighbours', 'fdb'):

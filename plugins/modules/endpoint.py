@@ -61,7 +61,7 @@ EXAMPLES = r'''
   podnet.fabric.endpoint:
     name: web-1
     addresses: "{{ web_ipam.ips.values() | list }}"
-    router: "{{ web_ipam.router_ips | reject('search', ':') | first }}"
+    router_ips: "{{ web_ipam.router_ips }}"
 
 - name: Remove it
   podnet.fabric.endpoint:
@@ -138,7 +138,7 @@ def main():
     device = p['device'] or endpoint.device_name(ns or '')
     result, _desired = endpoint.run_module(
         module, 'endpoint %s' % ns, device,
-        lambda mtu: endpoint.desired_state(ns, device, p['addresses'], p['router'], p['router_ipv6'], mtu, p['state']),
+        lambda mtu: endpoint.desired_state(ns, device, p['addresses'], p['router_ips'], mtu, p['state']),
         read=lambda desired: endpoint.read(endpoint.open_ipr, ns, device),
         plan=endpoint.plan,
         apply=lambda action: endpoint.apply_action(endpoint.open_ipr, ns, action),

@@ -70,13 +70,12 @@ EXAMPLES = r'''
 - name: Health endpoint with an address from the node's pod CIDR
   podnet.fabric.health_endpoint:
     addresses: [10.244.1.7]
-    router: 10.244.1.1
+    router_ips: [10.244.1.1]
 
 - name: Dual stack, explicit MTU and port
   podnet.fabric.health_endpoint:
     addresses: [10.244.1.7/32, "fd00::107/128"]
-    router: 10.244.1.1
-    router_ipv6: "fd00::101"
+    router_ips: [10.244.1.1, "fd00::101"]
     mtu: 1450
     port: 4240
 
@@ -161,7 +160,7 @@ def main():
     ns, device = p['netns'], p['device']
     result, desired = endpoint.run_module(
         module, 'health endpoint %s' % ns, device,
-        lambda mtu: health.desired_state(ns, device, p['addresses'], p['router'], p['router_ipv6'], mtu, p['port'],
+        lambda mtu: health.desired_state(ns, device, p['addresses'], p['router_ips'], mtu, p['port'],
                                          p['node_name'] or socket.gethostname(), p['state'], pid_dir=p['pid_dir']),
         read=lambda desired: health.read(endpoint.open_ipr, ns, device, desired['pidfile']),
         plan=health.plan,

@@ -14,8 +14,9 @@ version_added: 0.1.0
 description:
   - Creates, repairs or removes the node's host device, a veth pair (default C(podnet_host) and
     C(podnet_net)), the podnet equivalent of Cilium's C(cilium_host)/C(cilium_net).
-  - C(podnet_host) holds the router (gateway) IP of each of the node's pod CIDRs when O(addresses)
-    is given; addresses not in the list are removed from it (the device is ours).
+  - C(podnet_host) holds the router (gateway) IP of each of the node's pod CIDRs, as a host prefix
+    (/32, /128), when O(router_ips) is given; addresses not in the list are removed from it (the
+    device is ours).
   - A veth pair rather than a dummy device because not every kernel has the dummy driver.
 author:
   - podnet.fabric maintainers (@podnet)
@@ -47,12 +48,14 @@ options:
   node_device:
     description: The node's underlay device (podnet_node_device); default, the device holding O(node_ip).
     type: str
-  addresses:
+  router_ips:
     description:
-      - Addresses (C(address/prefix)) that C(podnet_host) must hold, exactly. Omit to leave the
-        device's addresses alone.
+      - The node's router IPs (bare, or as host prefixes C(/32) and C(/128)), which C(podnet_host)
+        must hold exactly, as host prefixes. Omit to leave the device's addresses alone.
+      - C(addresses), its earlier name, is an alias.
     type: list
     elements: str
+    aliases: [addresses]
   state:
     description: Whether the device exists.
     type: str
@@ -78,7 +81,7 @@ EXAMPLES = r'''
 - name: Host device holding the node's router IPs
   podnet.fabric.host_device:
     mtu: 1450
-    addresses: [10.244.1.1/32]
+    router_ips: [10.244.1.1]
 
 - name: Remove it
   podnet.fabric.host_device:
@@ -112,13 +115,16 @@ from ansible_collections.podnet.fabric.plugins.module_utils import host_device, 
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
-def _canonical(module, addresses):
+def _host_prefixes(module, router_ips):
+    """The router IPs as podnet_host holds them: address/32, address/128."""
     out = []
-    for a in addresses:
+    for a in router_ips:
         try:
             iface = ipaddress.ip_interface(a)
         except ValueError:
-            module.fail_json(msg='addresses: %r is not an address/prefix' % (a,))
+            module.fail_json(msg='router_ips: %r is not an IP address' % (a,))
+        if iface.network.prefixlen != iface.max_prefixlen:
+            module.fail_json(msg='router_ips: %r: a router IP is one address (bare, /32 or /128)' % (a,))
         out.append(str(iface))
     return sorted(set(out))
 
@@ -132,7 +138,7 @@ def main():
             overhead=dict(type='int', default=0),
             node_ip=dict(type='str', aliases=['underlay_ip']),
             node_device=dict(type='str'),
-            addresses=dict(type='list', elements='str'),
+            router_ips=dict(type='list', elements='str', aliases=['addresses']),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
         ),
         supports_check_mode=True,
@@ -152,7 +158,7 @@ def main():
             if p['state'] == 'present' and not 68 <= mtu <= 65535:
                 module.fail_json(msg='mtu: %d is not a valid MTU' % mtu)
             desired = dict(name=p['name'], peer=p['peer'], mtu=mtu, state=p['state'],
-                           addresses=None if p['addresses'] is None else _canonical(module, p['addresses']))
+                           addresses=None if p['router_ips'] is None else _host_prefixes(module, p['router_ips']))
 
             def read():
                 return {'host': netlink.get_link(ipr, p['name']), 'peer': netlink.get_link(ipr, p['peer'])}

@@ -98,14 +98,15 @@ allocations:
   type: dict
   sample: {node1: {cluster: lab, node: node1, ip: 192.168.50.11, mode: cluster-pool, allocated_at: 1,
                    cidrs: {ipv4: [10.244.0.0/24], ipv6: []}, pools: {}}}
-cluster:
+nodes:
   description:
-    - Every node the ledger holds (not only this run's), with its underlay IP and all its pod
-      CIDRs; M(podnet.fabric.routing) routes to these. A node leaves it when it is pruned.
+    - The node map. Every node the ledger holds (not only this run's), with its underlay IP
+      (C(node_ip)) and all its pod CIDRs (C(pod_cidrs)); M(podnet.fabric.routing) routes to these. A node
+      leaves it when it is pruned.
   returned: success
   type: dict
-  sample: {node1: {ip: 192.168.50.11, cidrs: {ipv4: [10.244.0.0/24], ipv6: []}},
-           node2: {ip: 192.168.50.12, cidrs: {ipv4: [10.244.1.0/24], ipv6: []}}}
+  sample: {node1: {node_ip: 192.168.50.11, pod_cidrs: {ipv4: [10.244.0.0/24], ipv6: []}},
+           node2: {node_ip: 192.168.50.12, pod_cidrs: {ipv4: [10.244.1.0/24], ipv6: []}}}
 changes:
   description: What the plan did, each with C(action) (allocated, released, recorded, updated, note,
     warning), a readable C(msg) and structured fields.

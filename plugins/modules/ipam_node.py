@@ -75,7 +75,7 @@ EXAMPLES = r'''
 - name: Put the router IPs on the host device
   podnet.fabric.host_device:
     node_ip: "{{ podnet_node_ip }}"
-    addresses: "{{ lease.addresses }}"
+    router_ips: "{{ lease.router_ips }}"
 
 - name: Read the stored lease only
   podnet.fabric.ipam_node:
@@ -100,12 +100,6 @@ router_ips:
   type: list
   elements: str
   sample: [10.244.0.1, "fd00::1"]
-addresses:
-  description: The router IPs as the host device holds them.
-  returned: always
-  type: list
-  elements: str
-  sample: [10.244.0.1/32, "fd00::1/128"]
 plan:
   description:
     - The actions taken, or that would be taken in check mode. C(keep_aside) keeps an unreadable
@@ -186,8 +180,7 @@ def main():
 
     try:
         lease = result['state']['lease']
-        result.update(lease=lease, cidrs=ipam_lease.lease_cidrs(lease), router_ips=ipam_lease.lease_router_ips(lease),
-                      addresses=ipam_lease.lease_host_addresses(lease))
+        result.update(lease=lease, cidrs=ipam_lease.lease_cidrs(lease), router_ips=ipam_lease.lease_router_ips(lease))
     except ipam_cidr.IpamError as e:
         module.fail_json(msg=str(e))
     del result['state']

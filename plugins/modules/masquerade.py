@@ -15,9 +15,9 @@ description:
   - Reconciles one nftables table that podnet owns (C(ip podnet) by default). Nothing else in the
     ruleset is read for changes or touched.
   - "The table has a nat base chain C(postrouting) at priority C(srcnat) with one rule:
-    C(ip saddr @sources ip daddr != @exclude counter snat to <snat_address>), where C(sources) and
-    C(exclude) are named interval sets holding O(sources) and O(exclude)."
-  - Pod traffic from O(sources) to a destination outside O(exclude) leaves the node with the node
+    C(ip saddr @pod_cidrs ip daddr != @exclude counter snat to <node_ip>), where C(pod_cidrs) and
+    C(exclude) are named interval sets holding O(pod_cidrs) and O(exclude)."
+  - Pod traffic from O(pod_cidrs) to a destination outside O(exclude) leaves the node with the node
     IP as its source; traffic to O(exclude) (the native-routing CIDR) keeps the pod IP.
   - The table is compared as a whole with what the kernel holds (libnftables JSON, normalized).
     Any difference, a deleted rule or an element added by hand included, is repaired by
@@ -38,14 +38,16 @@ options:
     description: Name of the podnet-owned nftables table (family C(ip)).
     type: str
     default: podnet
-  sources:
+  pod_cidrs:
     description:
-      - IPv4 CIDRs whose traffic is masqueraded, normally this node's pod CIDRs. Required and
-        non-empty when O(state=present).
+      - IPv4 CIDRs whose traffic is masqueraded, this node's pod CIDRs. Required and non-empty when
+        O(state=present).
       - CIDRs are collapsed (overlapping and adjacent ones merged) before they are written.
+      - C(sources), its earlier name, is an alias.
     type: list
     elements: str
     default: []
+    aliases: [sources]
   exclude:
     description:
       - IPv4 CIDRs of destinations that are never masqueraded, the native-routing CIDR (the
@@ -53,11 +55,13 @@ options:
     type: list
     elements: str
     default: []
-  snat_address:
+  node_ip:
     description:
-      - The node IP, the source address masqueraded traffic gets. It must be an address of this
-        node. Required when O(state=present).
+      - The node IP (C(podnet_node_ip)), the source address masqueraded traffic gets. It must be an
+        address of this node. Required when O(state=present).
+      - C(snat_address), its earlier name, is an alias.
     type: str
+    aliases: [snat_address]
   exclude_interfaces:
     description: Output interfaces whose traffic is never masqueraded (for example a tunnel device).
     type: list
@@ -82,15 +86,15 @@ attributes:
 EXAMPLES = r'''
 - name: Masquerade this node's pods when they leave the native-routing CIDR
   podnet.fabric.masquerade:
-    sources: "{{ podnet_pod_cidrs }}"
+    pod_cidrs: "{{ podnet_pod_cidrs }}"
     exclude: ["{{ podnet_routing.native.ipv4_cidr }}"]
-    snat_address: "{{ podnet_node_ip }}"
+    node_ip: "{{ podnet_node_ip }}"
 
 - name: Also leave traffic out through the VXLAN device alone
   podnet.fabric.masquerade:
-    sources: [10.244.1.0/24]
+    pod_cidrs: [10.244.1.0/24]
     exclude: [10.244.0.0/16]
-    snat_address: 192.168.50.11
+    node_ip: 192.168.50.11
     exclude_interfaces: [podnet_vxlan]
 
 - name: Remove the masquerade table
@@ -109,7 +113,7 @@ plan:
       family: ip
       table: podnet
       differences: [rules]
-      rules: ['postrouting: ip saddr @sources ip daddr != @exclude counter snat to 192.168.50.11 comment "..."']
+      rules: ['postrouting: ip saddr @pod_cidrs ip daddr != @exclude counter snat to 192.168.50.11 comment "..."']
 state:
   description: The table after the run (projected in check mode).
   returned: always
@@ -125,9 +129,9 @@ state:
     text:
       table: ip podnet
       sets: ['set exclude { type ipv4_addr; flags interval; elements = { 10.244.0.0/16 } }',
-             'set sources { type ipv4_addr; flags interval; elements = { 10.244.1.0/24 } }']
+             'set pod_cidrs { type ipv4_addr; flags interval; elements = { 10.244.1.0/24 } }']
       chains: ['chain postrouting { type nat hook postrouting priority 100; policy accept; }']
-      rules: ['postrouting: ip saddr @sources ip daddr != @exclude counter snat to 192.168.50.11 comment "..."']
+      rules: ['postrouting: ip saddr @pod_cidrs ip daddr != @exclude counter snat to 192.168.50.11 comment "..."']
     table: {family: ip, name: podnet, sets: [], chains: [], rules: [], other: []}
 '''
 
@@ -142,9 +146,9 @@ def main():
         argument_spec=argument_spec(
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             table=dict(type='str', default='podnet'),
-            sources=dict(type='list', elements='str', default=[]),
+            pod_cidrs=dict(type='list', elements='str', default=[], aliases=['sources']),
             exclude=dict(type='list', elements='str', default=[]),
-            snat_address=dict(type='str'),
+            node_ip=dict(type='str', aliases=['snat_address']),
             exclude_interfaces=dict(type='list', elements='str', default=[]),
         ),
         supports_check_mode=True,
@@ -153,9 +157,9 @@ def main():
         sp = masquerade.spec(module.params)
     except masquerade.MasqueradeError as e:
         module.fail_json(msg=str(e))
-    if sp['state'] == 'present' and not masquerade.is_local_address(sp['snat_address']):
-        module.fail_json(msg='snat_address: %s is not an address of this node; replies to SNATed '
-                             'traffic would not come back' % sp['snat_address'])
+    if sp['state'] == 'present' and not masquerade.is_local_address(sp['node_ip']):
+        module.fail_json(msg='node_ip: %s is not an address of this node; replies to SNATed '
+                             'traffic would not come back' % sp['node_ip'])
     if not masquerade.HAS_NFTABLES:
         module.fail_json(msg='Failed to import the Python module nftables: ' + masquerade.PACKAGE_HINT,
                          exception=masquerade.NFTABLES_IMPORT_ERROR)

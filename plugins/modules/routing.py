@@ -16,7 +16,7 @@ description:
     O(tunnel.vni), learning off), with, for every other node, a static FDB entry (its tunnel MAC
     to its underlay IP), a permanent neighbour entry and a route of its pod CIDRs through the
     device. Tunnel MACs are derived from the underlay IPs (C(0e:70) + the four bytes), so a node
-    needs nothing but the cluster map. Geneve (O(tunnel.protocol=geneve), UDP 6081) has no FDB: one
+    needs nothing but the node map. Geneve (O(tunnel.protocol=geneve), UDP 6081) has no FDB: one
     device per other node, C(podnet_g) + the last three bytes of its IP in hex, with C(remote) set.'
   - 'Before changing anything the kernel is asked (in a throwaway network namespace) whether it
     can create the tunnel device; if it cannot, for example Geneve on a kernel without the geneve
@@ -29,8 +29,8 @@ description:
     on C(lxc*) devices belong to endpoints and are left alone. Devices C(podnet_vxlan) and
     C(podnet_g*) are ours with their FDB and neighbour entries. Whatever of ours is not desired is
     removed (a node left the cluster, the mode changed); nothing else is touched.
-  - The cluster map, O(cluster), is the IPAM ledger's view of every node (what
-    M(podnet.fabric.ipam_allocate) returns as C(cluster)), never other hosts' variables, so
+  - The node map, O(nodes), is the IPAM ledger's view of every node (what
+    M(podnet.fabric.ipam_allocate) returns as C(nodes)), never other hosts' variables, so
     runs limited to some nodes (C(--limit), AWX slices) still route to all of them.
 author:
   - podnet.fabric maintainers (@podnet)
@@ -43,7 +43,7 @@ options:
     choices: [tunnel, native]
     default: tunnel
   node:
-    description: This node's name in O(cluster) (the inventory hostname).
+    description: This node's name in O(nodes) (the inventory hostname).
     type: str
     required: true
   node_ip:
@@ -57,12 +57,14 @@ options:
         (the VXLAN device's C(link), the on-link check of direct routes). Default, the device
         holding O(node_ip).
     type: str
-  cluster:
+  nodes:
     description:
-      - 'Every node of the cluster, C({name: {ip, cidrs: {ipv4: [...], ipv6: [...]}}}). This node''s
-        own entry is skipped.'
+      - 'The node map: every node of the cluster, C({name: {node_ip, pod_cidrs: {ipv4: [...], ipv6: [...]}}}).
+        This node''s own entry is skipped.'
+      - C(cluster), its earlier name, is an alias.
     type: dict
     default: {}
+    aliases: [cluster]
   tunnel:
     description: The tunnel (C(podnet_routing.tunnel)).
     type: dict
@@ -119,7 +121,7 @@ EXAMPLES = r'''
     mode: tunnel
     node: "{{ inventory_hostname }}"
     node_ip: "{{ podnet_node_ip }}"
-    cluster: "{{ ipam_allocation.cluster }}"
+    nodes: "{{ ipam_allocation.nodes }}"
     tunnel: {protocol: vxlan, port: 8472, vni: 2}
 
 - name: Native routing with direct routes
@@ -127,7 +129,7 @@ EXAMPLES = r'''
     mode: native
     node: "{{ inventory_hostname }}"
     node_ip: "{{ podnet_node_ip }}"
-    cluster: "{{ ipam_allocation.cluster }}"
+    nodes: "{{ ipam_allocation.nodes }}"
     native: {auto_direct_node_routes: true}
 '''
 
@@ -149,7 +151,7 @@ state:
   returned: always
   type: dict
 peers:
-  description: The other nodes routed to, C(name), C(ip) and C(cidrs).
+  description: The other nodes routed to, C(name), C(node_ip) and C(pod_cidrs).
   returned: always
   type: list
   elements: dict
@@ -187,7 +189,7 @@ def main():
             node=dict(type='str', required=True),
             node_ip=dict(type='str', required=True),
             node_device=dict(type='str'),
-            cluster=dict(type='dict', default={}),
+            nodes=dict(type='dict', default={}, aliases=['cluster']),
             tunnel=dict(type='dict', default={}, options=dict(
                 protocol=dict(type='str', choices=['vxlan', 'geneve'], default='vxlan'),
                 port=dict(type='int'),
@@ -239,7 +241,7 @@ def main():
                 project=lambda realized, actions: routing.project(desired, realized, actions),
                 describe=lambda action: routing.summary([action])[0],
                 name='routing (%s)' % node,
-            ).run(peers=routing.peers(p['cluster'], node) if present else [])
+            ).run(peers=routing.peers(p['nodes'], node) if present else [])
             if underlay is not None:
                 result['underlay'] = underlay
             result['changes'] = routing.summary(seen.get('actions') or [])

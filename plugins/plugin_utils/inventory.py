@@ -886,7 +886,7 @@ def _check_node_ips(model, active_pools, pod_nets, errors):
     seen = {}
     for host in _host_order(nodes):
         node = nodes[host]
-        ip = node['ip']
+        ip = node['node_ip']
         if _ok(ip):
             address = ipaddress.ip_address(ip)
             for attribute, what in _SPECIAL_ADDRESSES:
@@ -1002,8 +1002,8 @@ def validate(cluster_vars, nodes):
         node = dict((key, node_walker.walk(schema, host_vars.get(key), key))
                     for key, schema in NODE_SCHEMA.items())
         model['nodes'][str(host)] = {
-            'ip': node['podnet_node_ip'],
-            'device': node['podnet_node_device'],
+            'node_ip': node['podnet_node_ip'],
+            'node_device': node['podnet_node_device'],
             'labels': node['podnet_node_labels'],
             'pod_cidrs': node['podnet_pod_cidrs'],
             'instance': node['podnet_instance'],

@@ -15,8 +15,7 @@ Controller side
   /var/lib/podnet/ipam/lease.json)
 
 Node side
-- ``lease_cidrs(lease)``, ``lease_router_ips(lease)``, ``lease_host_addresses(lease)``: what the
-  host device holds; ``endpoint_source(lease, labels) -> (pool, {family: cidrs})``;
+- ``lease_cidrs(lease)``, ``lease_router_ips(lease)``: what the host device holds; ``endpoint_source(lease, labels) -> (pool, {family: cidrs})``;
   ``store_usage(store)`` / ``store_crd_used(store)``: what the controller records of a node's use
 - ``plan_endpoint_ip(store, cidrs_or_pool, endpoint_id, family, pool=None) -> (new_store, ip)``
 - ``release_endpoint_ip(store, endpoint_id, family=None) -> (new_store, released_ips)``
@@ -339,7 +338,7 @@ def plan_cluster(model, doc, run_nodes, prune=False, node_docs=None):
     # Keep the recorded underlay IP current for the nodes we see (rebuild and reports use it).
     for n in run:
         cur = plan.view().get(n)
-        ip = inventory[n].get('ip')
+        ip = inventory[n].get('node_ip')
         if cur is not None and cur.get('ip') != ip:
             plan.entry(n)['ip'] = ip
             plan.note('updated', '%s: node ip %s -> %s' % (n, cur.get('ip'), ip), node=n, ip=ip)
@@ -383,7 +382,7 @@ def _plan_cluster_pool(cfg, inventory, run, plan):
             cidr = plan.take(pool)
             if cidr is None:
                 raise pool.exhausted(n, len(need) - i - 1)
-            entry = plan.entry(n, inventory[n].get('ip'))
+            entry = plan.entry(n, inventory[n].get('node_ip'))
             entry['cidrs'][fam] = [cidr]
             entry['allocated_at'] = plan.serial
             plan.note('allocated', '%s: allocated %s %s' % (n, fam, cidr), node=n, family=fam,
@@ -422,7 +421,7 @@ def _plan_kubernetes(cfg, inventory, run, plan):
         have = {fam: list(((cur or {}).get('cidrs') or {}).get(fam) or []) for fam in FAMILIES}
         if cur is not None and have == want:
             continue
-        entry = plan.entry(n, inventory[n].get('ip'))
+        entry = plan.entry(n, inventory[n].get('node_ip'))
         entry['cidrs'] = want
         entry['allocated_at'] = plan.serial
         flat = want['ipv4'] + want['ipv6']
@@ -505,7 +504,7 @@ def _plan_multi_pool(cfg, inventory, run, plan):
                     if cidr is None:
                         raise pool.exhausted(n, 0)
                     got.append(cidr)
-                entry = plan.entry(n, inventory[n].get('ip'))
+                entry = plan.entry(n, inventory[n].get('node_ip'))
                 blocks = dict(entry['pools'].get(p) or {})
                 blocks[fam] = list(blocks.get(fam) or []) + got
                 for other in FAMILIES:
@@ -553,7 +552,7 @@ def _plan_crd(inventory, run, plan, node_docs):
             continue
         if cur is None and not parsed:
             continue
-        entry = plan.entry(n, inventory[n].get('ip'))
+        entry = plan.entry(n, inventory[n].get('node_ip'))
         entry['cidrs'] = want
         entry['allocated_at'] = plan.serial
         flat = want['ipv4'] + want['ipv6']
@@ -596,7 +595,7 @@ def rebuild_from_leases(model, leases, usage=None):
             raise IpamError('%s: the lease is for cluster %r, not %r' % (n, lease.get('cluster'), cluster))
         if lease.get('node') not in (None, n):
             raise IpamError('%s: the lease is for node %r' % (n, lease.get('node')))
-        entry = {'ip': lease.get('ip') or ((model['nodes'].get(n) or {}).get('ip')),
+        entry = {'ip': lease.get('ip') or ((model['nodes'].get(n) or {}).get('node_ip')),
                  'cidrs': {}, 'pools': {}, 'allocated_at': int(lease.get('allocated_at') or 0)}
         top = max(top, entry['allocated_at'])
         where = '%s: lease cidrs' % n

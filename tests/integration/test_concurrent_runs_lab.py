@@ -63,7 +63,7 @@ def health_args(lab, node):
     rc, ep = labutil.adhoc(lab, node, 'podnet.fabric.ipam_endpoint',
                            {'endpoint_id': 'podnet-health', 'update_ledger': False}, check=True)
     assert rc == 0 and ep['ips'].get('ipv4') and not ep['changed'], ep
-    return {'addresses': [ep['ips']['ipv4']], 'router': [r for r in lease['router_ips'] if ':' not in r][0],
+    return {'addresses': [ep['ips']['ipv4']], 'router_ips': lease['router_ips'],
             'node_name': node}
 
 

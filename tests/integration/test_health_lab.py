@@ -40,7 +40,7 @@ SETUP = [
     {'name': 'Nodes', 'hosts': 'podnet_nodes', 'gather_facts': False,
      'roles': [{'role': 'podnet.fabric.node_prereqs'}, {'role': 'podnet.fabric.ipam'},
                {'role': 'podnet.fabric.host_device',
-                'vars': {'host_device_addresses': '{{ ipam_router_addresses | default(none) }}'}}]},
+                'vars': {'host_device_router_ips': '{{ ipam_router_ips | default(none) }}'}}]},
 ]
 
 HEALTH = [
@@ -374,7 +374,7 @@ def test_a_workload_endpoint_reaches_another_nodes_health_endpoint(phe):
     inv, name = phe.inv, 'phe-web'
     rc, ip = labutil.adhoc(inv, 'node1', 'podnet.fabric.ipam_endpoint', {'endpoint_id': name, 'update_ledger': False})
     assert rc == 0 and ip['ips'].get('ipv4'), ip
-    args = {'name': name, 'addresses': [ip['ips']['ipv4']], 'router': router_of('node1')}
+    args = {'name': name, 'addresses': [ip['ips']['ipv4']], 'router_ips': [router_of('node1')]}
     try:
         rc, check = labutil.adhoc(inv, 'node1', 'podnet.fabric.endpoint', args, check=True)
         assert rc == 0 and check['changed'] and check['plan'][0] == {'action': 'create_netns', 'name': name}, check

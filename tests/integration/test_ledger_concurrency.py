@@ -43,7 +43,7 @@ def make_model(ledger_cfg, n=NODES):
             'ipam': {'mode': 'cluster-pool', 'ledger': ledger_cfg,
                      'cluster_pool': {'ipv4': {'cidrs': ['10.244.0.0/16'], 'mask_size': 24},
                                       'ipv6': {'cidrs': ['fd00::/104'], 'mask_size': 120}}},
-            'nodes': dict((n_, {'ip': None, 'labels': {}, 'pod_cidrs': []}) for n_ in node_names(n))}
+            'nodes': dict((n_, {'node_ip': None, 'labels': {}, 'pod_cidrs': []}) for n_ in node_names(n))}
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ NODE1_IP = '192.168.50.11'
 TOR_IP = '192.168.50.1'
 REMOTE_POD_IP = '10.244.2.1'   # inside the CIDR, held by node2
 PLAY = os.path.join(REPO, 'tests', 'integration', 'playbooks', 'masq_run.yml')
-ARGS = {'sources': ['10.244.1.0/24'], 'exclude': ['10.244.0.0/16'], 'snat_address': NODE1_IP}
+ARGS = {'pod_cidrs': ['10.244.1.0/24'], 'exclude': ['10.244.0.0/16'], 'node_ip': NODE1_IP}
 FOREIGN = [('inet', 'pmsforeign'), ('ip', 'pmsnat')]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
@@ -238,10 +238,10 @@ def test_pod_reaches_both_sides_unmasqueraded_before(lab, baseline, no_table):
 
 
 @pytest.mark.parametrize('args, error', [
-    ({'sources': ['10.244.1.0/24', 'fd00::/64']}, "sources: 'fd00::/64' is not an IPv4 CIDR"),
-    ({'sources': []}, 'sources: give at least one pod CIDR'),
-    ({'snat_address': '192.168.50.0/24'}, "snat_address: '192.168.50.0/24' is not an IPv4 address"),
-    ({'snat_address': '192.168.50.12'}, 'snat_address: 192.168.50.12 is not an address of this node'),
+    ({'pod_cidrs': ['10.244.1.0/24', 'fd00::/64']}, "pod_cidrs: 'fd00::/64' is not an IPv4 CIDR"),
+    ({'pod_cidrs': []}, 'pod_cidrs: give at least one pod CIDR'),
+    ({'node_ip': '192.168.50.0/24'}, "node_ip: '192.168.50.0/24' is not an IPv4 address"),
+    ({'node_ip': '192.168.50.12'}, 'node_ip: 192.168.50.12 is not an address of this node'),
     ({'exclude': ['10.244.0.1/16']}, "exclude: '10.244.0.1/16' has host bits set"),
 ])
 def test_bad_input_fails_before_any_change(lab, baseline, no_table, tmp_path, args, error):
@@ -270,7 +270,7 @@ def test_snat_outside_the_cidr_only(lab, baseline, no_table, tmp_path):
     assert m.normalize(listing, 'ip', 'podnet') == desired() == result['state']['table']
     text = n1('nft', 'list', 'table', 'ip', 'podnet')
     assert 'type nat hook postrouting priority srcnat; policy accept;' in text
-    assert 'ip saddr @sources ip daddr != @exclude counter packets 0 bytes 0 snat to 192.168.50.11' in text
+    assert 'ip saddr @pod_cidrs ip daddr != @exclude counter packets 0 bytes 0 snat to 192.168.50.11' in text
     assert foreign_tables() == baseline['foreign']
 
     # Leaving the CIDR: the ToR sees node1's IP, and the pod gets its replies back through conntrack.
@@ -320,10 +320,10 @@ def test_drift_is_detected_and_repaired(lab, baseline, with_table, tmp_path):
 
 
 def test_changed_inputs_and_interfaces(lab, baseline, with_table, tmp_path):
-    args = dict(ARGS, sources=['10.244.1.0/24', '10.244.3.7'], exclude_interfaces=['podnet_vxlan'])
+    args = dict(ARGS, pod_cidrs=['10.244.1.0/24', '10.244.3.7'], exclude_interfaces=['podnet_vxlan'])
     rc, out, result = masq(lab, tmp_path, args)
     assert rc == 0 and result['changed'], out
-    want = desired(sources=args['sources'], exclude_interfaces=['podnet_vxlan'])
+    want = desired(pod_cidrs=args['pod_cidrs'], exclude_interfaces=['podnet_vxlan'])
     assert m.normalize(our_table(), 'ip', 'podnet') == want
     text = n1('nft', 'list', 'table', 'ip', 'podnet')
     assert 'oifname != @exclude_ifaces' in text and '10.244.3.7' in text

@@ -123,16 +123,16 @@ def tor_vars(hold):
 
 
 NODE = dict(bgp_local_asn=65001, bgp_router_id='192.168.50.11',
-            bgp_peers=[{'address': '192.168.50.1', 'asn': 65000}], bgp_prefixes=['10.244.1.0/24'])
+            bgp_peers=[{'address': '192.168.50.1', 'asn': 65000}], bgp_pod_cidrs=['10.244.1.0/24'])
 CASES = {
     'one_peer_one_prefix': {},
     'default_hold_time': dict(bgp_hold_time=None),
     'hold_time_9': dict(bgp_hold_time=9),
     'hold_time_0_no_keepalives': dict(bgp_hold_time=0),
     'hold_time_3': dict(bgp_hold_time=3),
-    'no_prefixes': dict(bgp_prefixes=[]),
+    'no_prefixes': dict(bgp_pod_cidrs=[]),
     'several_prefixes_two_tors_4byte_asn': dict(
-        bgp_prefixes=['10.244.1.0/24', '10.245.0.0/16', '10.0.0.128/25'], bgp_local_asn=4200000001,
+        bgp_pod_cidrs=['10.244.1.0/24', '10.245.0.0/16', '10.0.0.128/25'], bgp_local_asn=4200000001,
         bgp_peers=[{'address': '192.168.50.1', 'asn': 65000}, {'address': '192.168.50.2', 'asn': 4200000000}]),
 }
 
@@ -144,7 +144,7 @@ def test_bird_config_parses(tmp_path, case):
     text = render(BGP, 'bird.conf.j2', overrides)
     rc, out = bird_check(write(tmp_path, 'bird.conf', text))
     assert rc == 0, out + text
-    for prefix in overrides['bgp_prefixes']:
+    for prefix in overrides['bgp_pod_cidrs']:
         assert 'route %s blackhole;' % prefix in text
     for n, peer in enumerate(overrides['bgp_peers'], 1):
         assert 'protocol bgp podnet_peer%d from podnet_peer {\n  neighbor %s as %d;' % (n, peer['address'], peer['asn']) in text
@@ -159,7 +159,7 @@ def test_bird_config_parses(tmp_path, case):
 @need_bird
 def test_bird_rejects_a_bad_prefix(tmp_path):
     # bird -p is what stands between a bad input and the installed config (template validate:).
-    rc, out = bird_check(write(tmp_path, 'bird.conf', render(BGP, 'bird.conf.j2', dict(NODE, bgp_prefixes=['10.244.1.1/24']))))
+    rc, out = bird_check(write(tmp_path, 'bird.conf', render(BGP, 'bird.conf.j2', dict(NODE, bgp_pod_cidrs=['10.244.1.1/24']))))
     assert rc != 0 and 'Invalid IPv4 prefix 10.244.1.1/24' in out
     rc, out = bird_check(write(tmp_path, 'bird2.conf', render(BGP, 'bird.conf.j2', dict(NODE, bgp_router_id='300.1.1.1'))))
     assert rc != 0
@@ -174,7 +174,7 @@ def test_frr_node_config_parses(tmp_path, case):
     assert rc == 0, out + text
     rc, out = frr_check(write(tmp_path, 'zebra.conf', render(BGP, 'frr-zebra.conf.j2', overrides)))
     assert rc == 0, out
-    for prefix in overrides['bgp_prefixes']:
+    for prefix in overrides['bgp_pod_cidrs']:
         assert '  network %s\n' % prefix in text
     for peer in overrides['bgp_peers']:
         assert ' neighbor %s remote-as %d\n' % (peer['address'], peer['asn']) in text
@@ -274,7 +274,7 @@ end
 def test_reload_diff_nothing_when_equal():
     m = reload_helper()
     desired = render(BGP, 'frr-bgpd.conf.j2', dict(NODE, bgp_router_id='192.168.50.13', bgp_hold_time=3,
-                                                   bgp_prefixes=['10.244.3.0/24']))
+                                                   bgp_pod_cidrs=['10.244.3.0/24']))
     running = RUNNING.replace(' neighbor 192.168.50.1 timers connect 5\n',
                               ' neighbor 192.168.50.1 update-source 192.168.50.13\n neighbor 192.168.50.1 timers connect 5\n')
     assert m.diff(m.parse(running), m.parse(desired)) == []

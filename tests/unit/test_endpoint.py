@@ -10,8 +10,8 @@ EndpointError = endpoint.EndpointError
 
 
 def want(**kw):
-    args = dict(netns='web-1', device=endpoint.device_name('web-1'), addresses=['10.244.1.9'], router='10.244.1.1',
-                router_ipv6=None, mtu=1450, state='present')
+    args = dict(netns='web-1', device=endpoint.device_name('web-1'), addresses=['10.244.1.9'],
+                router_ips=['10.244.1.1'], mtu=1450, state='present')
     args.update(kw)
     return endpoint.desired_state(**args)
 
@@ -32,9 +32,9 @@ def test_device_names_are_lxc_and_a_hash_of_the_name_within_the_kernel_limit():
 ])
 def test_bad_names_are_refused_before_anything_is_read(netns, device, match):
     with pytest.raises(EndpointError, match=match):
-        endpoint.desired_state(netns, device, ['10.244.1.9'], '10.244.1.1', None, 1450, 'present')
+        endpoint.desired_state(netns, device, ['10.244.1.9'], ['10.244.1.1'], 1450, 'present')
     with pytest.raises(EndpointError, match=match):
-        endpoint.desired_state(netns, device, None, None, None, 0, 'absent')
+        endpoint.desired_state(netns, device, None, None, 0, 'absent')
 
 
 def test_a_new_endpoint_is_namespace_pair_links_addresses_and_routes_without_a_responder():
@@ -50,7 +50,7 @@ def test_a_new_endpoint_is_namespace_pair_links_addresses_and_routes_without_a_r
 
 
 def test_absent_removes_the_pair_and_the_namespace_and_nothing_when_gone():
-    d = endpoint.desired_state('web-1', 'lxcweb', None, None, None, 0, 'absent')
+    d = endpoint.desired_state('web-1', 'lxcweb', None, None, 0, 'absent')
     present = want(device='lxcweb')
     r = endpoint.project(present, endpoint.empty_realized('web-1'),
                          endpoint.plan(present, endpoint.empty_realized('web-1')))
@@ -63,7 +63,7 @@ def test_absent_removes_the_pair_and_the_namespace_and_nothing_when_gone():
 
 
 def test_dual_stack_endpoint_proxies_its_ipv6_router():
-    d = want(addresses=['10.244.1.9', 'fd00::109'], router_ipv6='fd00::101')
+    d = want(addresses=['10.244.1.9', 'fd00::109'], router_ips=['10.244.1.1', 'fd00::101'])
     acts = endpoint.plan(d, endpoint.empty_realized('web-1'))
     assert [a for a in acts if a['action'] == 'add_proxy'] == [
         {'action': 'add_proxy', 'address': 'fd00::101', 'name': endpoint.device_name('web-1')}]

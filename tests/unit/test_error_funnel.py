@@ -30,8 +30,8 @@ runpy.run_path(path, run_name='__main__')
 '''
 
 CASES = {
-    'endpoint': ({'name': 'pt-web', 'addresses': ['10.244.1.9'], 'router': '10.244.1.1'}, 'endpoint pt-web: '),
-    'health_endpoint': ({'addresses': ['10.244.1.7'], 'router': '10.244.1.1', 'node_name': 'node1'},
+    'endpoint': ({'name': 'pt-web', 'addresses': ['10.244.1.9'], 'router_ips': ['10.244.1.1']}, 'endpoint pt-web: '),
+    'health_endpoint': ({'addresses': ['10.244.1.7'], 'router_ips': ['10.244.1.1'], 'node_name': 'node1'},
                         'health endpoint podnet-health: '),
     'host_device': ({'node_ip': '192.0.2.11'}, 'host_device podnet_host: '),
     'routing': ({'mode': 'native', 'node': 'node1', 'node_ip': '192.0.2.11'}, 'routing (node1): '),

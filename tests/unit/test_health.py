@@ -18,8 +18,8 @@ PIDFILE = '/run/podnet/health-podnet-health.pid'
 
 
 def want(**kw):
-    args = dict(netns='podnet-health', device='lxc_health', addresses=['10.244.1.7'], router='10.244.1.1',
-                router_ipv6=None, mtu=1450, port=4240, node_name='node2', state='present')
+    args = dict(netns='podnet-health', device='lxc_health', addresses=['10.244.1.7'],
+                router_ips=['10.244.1.1'], mtu=1450, port=4240, node_name='node2', state='present')
     args.update(kw)
     return health.desired_state(**args)
 
@@ -70,20 +70,24 @@ def test_desired_state_checks_routers_mtu_port_and_name():
     assert d['node_routes'] == [{'dst': '10.244.1.7/32', 'gateway': None, 'dev': 'lxc_health'}]
     assert d['responder_args'] == [health.MARK, health.RESPONDER_VERSION, '/run/netns/podnet-health', '4240',
                                    'node2', PIDFILE]
-    assert want(router='10.244.1.1/32')['routes'][1]['gateway'] == '10.244.1.1'
-    with pytest.raises(HealthError, match='no ipv6 router'):
+    assert want(router_ips=['10.244.1.1/32'])['routes'][1]['gateway'] == '10.244.1.1'
+    # The first router IP of each family the endpoint has an address of; the others are left alone.
+    assert want(router_ips=['fd00::101', '10.244.1.254', '10.244.1.1'])['routes'][1]['gateway'] == '10.244.1.254'
+    with pytest.raises(HealthError, match='router_ips: the endpoint has an ipv6 address .* no ipv6 router'):
         want(addresses=['10.244.1.7', 'fd00::7'])
     with pytest.raises(HealthError, match='no ipv4 router'):
-        want(router=None)
-    with pytest.raises(HealthError, match='router_ipv6: .* is not an ipv6 address'):
-        want(addresses=['fd00::7'], router_ipv6='10.0.0.1')
+        want(router_ips=[])
+    with pytest.raises(HealthError, match='no ipv6 router'):
+        want(addresses=['fd00::7'], router_ips=['10.0.0.1'])
+    with pytest.raises(HealthError, match="router_ips: 'bogus' is not an IP address"):
+        want(router_ips=['bogus'])
     with pytest.raises(HealthError, match='mtu'):
         want(mtu=40)
     with pytest.raises(HealthError, match='port'):
         want(port=70000)
     with pytest.raises(HealthError, match='node_name'):
         want(node_name='node 2')
-    dual = want(addresses=['10.244.1.7', 'fd00::107'], router_ipv6='fd00::101')
+    dual = want(addresses=['10.244.1.7', 'fd00::107'], router_ips=['10.244.1.1', 'fd00::101'])
     assert {'dst': 'default6', 'gateway': 'fd00::101', 'dev': 'eth0'} in dual['routes']
     assert {'dst': 'fd00::107/128', 'gateway': None, 'dev': 'lxc_health'} in dual['node_routes']
 
@@ -91,7 +95,7 @@ def test_desired_state_checks_routers_mtu_port_and_name():
 # --- plan -------------------------------------------------------------------------------------
 
 def test_fresh_node_gets_everything_in_order():
-    d = want(addresses=['10.244.1.7', 'fd00::107'], router_ipv6='fd00::101')
+    d = want(addresses=['10.244.1.7', 'fd00::107'], router_ips=['10.244.1.1', 'fd00::101'])
     acts = health.plan(d, health.empty_realized('podnet-health', PIDFILE))
     assert kinds(acts) == ['create_netns', 'create_veth', 'up', 'up', 'up', 'add_address', 'add_address',
                            'add_route', 'add_route', 'add_route', 'add_route', 'add_route', 'add_route',
@@ -113,7 +117,7 @@ def test_converged_endpoint_plans_nothing():
 
 
 def test_ipv6_router_is_proxied_on_the_node_device():
-    d = want(addresses=['10.244.1.7', 'fd00::107'], router_ipv6='fd00::101')
+    d = want(addresses=['10.244.1.7', 'fd00::107'], router_ips=['10.244.1.1', 'fd00::101'])
     assert d['proxy_ndp'] == ['fd00::101']
     assert health.plan(d, converged(d)) == []
     r = converged(d)
@@ -154,7 +158,7 @@ def test_new_address_is_added_before_the_old_one_goes_and_routes_follow():
 
 
 def test_new_router_replaces_the_endpoint_routes_gateway_first_out_link_route_first_in():
-    d = want(router='10.244.1.254')
+    d = want(router_ips=['10.244.1.254'])
     acts = health.plan(d, converged(want()))
     assert [(a['action'], a['dst']) for a in acts] == [
         ('del_route', 'default'), ('del_route', '10.244.1.1/32'),
@@ -229,7 +233,7 @@ def test_routes_that_are_not_wanted_are_removed():
 
 
 def test_absent_removes_responder_link_and_namespace():
-    d = health.desired_state('podnet-health', 'lxc_health', None, None, None, 0, 4240, 'node2', 'absent')
+    d = health.desired_state('podnet-health', 'lxc_health', None, None, 0, 4240, 'node2', 'absent')
     r = converged(want())
     r['responder']['strays'] = [5001]
     assert health.plan(d, r) == [
@@ -245,7 +249,7 @@ def test_absent_removes_responder_link_and_namespace():
 
 @pytest.mark.parametrize('realized', ['empty', 'converged', 'broken', 'moved'])
 def test_projection_is_a_fixed_point_of_the_plan(realized):
-    d = want(addresses=['10.244.1.9', 'fd00::109'], router_ipv6='fd00::101', mtu=1400)
+    d = want(addresses=['10.244.1.9', 'fd00::109'], router_ips=['10.244.1.1', 'fd00::101'], mtu=1400)
     r = {'empty': lambda: health.empty_realized('podnet-health', PIDFILE),
          'converged': lambda: converged(d),
          'broken': lambda: dict(converged(d), peer=None, lo_up=False),
@@ -257,7 +261,7 @@ def test_projection_is_a_fixed_point_of_the_plan(realized):
     projected_again = health.plan(d, dict(after, responder=dict(after['responder'], netns_inode=1),
                                           netns=dict(after['netns'], inode=1)))
     assert projected_again == []
-    absent = health.desired_state('podnet-health', 'lxc_health', None, None, None, 0, 4240, 'x', 'absent')
+    absent = health.desired_state('podnet-health', 'lxc_health', None, None, 0, 4240, 'x', 'absent')
     gone = health.project(absent, r, health.plan(absent, r))
     assert health.plan(absent, gone) == []
 

@@ -197,7 +197,7 @@ def test_lab_base_model():
                     'routes': True, 'link_kinds': ['vxlan'], 'bgp': None, 'overhead': 50},
         'eni': None,
         'policy': {},
-        'nodes': dict(('node%d' % i, {'ip': '192.168.50.%d' % (10 + i), 'device': None,
+        'nodes': dict(('node%d' % i, {'node_ip': '192.168.50.%d' % (10 + i), 'node_device': None,
                                       'labels': {}, 'pod_cidrs': [], 'instance': None})
                       for i in (1, 2, 3)),
     }
@@ -259,7 +259,7 @@ def test_cidrs_and_addresses_are_canonical():
                    'podnet_node_labels': {'topology.kubernetes.io/zone': 'a'}}})
     assert model['ipam']['cluster_pool']['ipv6']['cidrs'] == ['fd00::/104']
     assert model['nodes']['node1'] == {
-        'ip': '192.168.50.11', 'device': 'eth1', 'labels': {'topology.kubernetes.io/zone': 'a'},
+        'node_ip': '192.168.50.11', 'node_device': 'eth1', 'labels': {'topology.kubernetes.io/zone': 'a'},
         'pod_cidrs': [], 'instance': None}
 
 

@@ -20,7 +20,7 @@ def make_model(names, mode='cluster-pool', v4=('10.244.0.0/16',), mask=24, v6=No
                pools=None, pre=None, pod_cidrs=None, labels=None, cluster_cidrs=()):
     nodes = {}
     for i, n in enumerate(names):
-        nodes[n] = {'ip': '192.168.50.%d' % (10 + i), 'device': None,
+        nodes[n] = {'node_ip': '192.168.50.%d' % (10 + i), 'node_device': None,
                     'labels': dict((labels or {}).get(n, {})),
                     'pod_cidrs': list((pod_cidrs or {}).get(n, [])), 'instance': None}
     return {
@@ -246,7 +246,7 @@ def test_existing_odd_allocations_are_avoided():
 def test_node_ip_change_is_recorded():
     model = make_model(names(2))
     doc = ipam_plan.plan_cluster(model, empty_doc(), names(2))[0]
-    model['nodes']['node1']['ip'] = '192.168.50.99'
+    model['nodes']['node1']['node_ip'] = '192.168.50.99'
     new, changes = ipam_plan.plan_cluster(model, doc, names(2))
     assert new['nodes']['node1']['ip'] == '192.168.50.99'
     assert cidr_of(new, 'node1') == cidr_of(doc, 'node1')

@@ -78,7 +78,7 @@ def test_ipam_node_writes_once_reports_router_ips_and_check_mode_writes_nothing(
     with open(path) as f:
         assert json.load(f) == want
     assert r['router_ips'] == ['10.244.1.1', 'fd00::101']
-    assert r['addresses'] == ['10.244.1.1/32', 'fd00::101/128']
+    assert r['router_ips'] == ['10.244.1.1', 'fd00::101']
     assert r['cidrs'] == {'ipv4': ['10.244.1.0/24'], 'ipv6': ['fd00::100/120']}
     mtime = os.stat(path).st_mtime_ns
     r = run('ipam_node', {'lease': want, 'path': path})
@@ -86,16 +86,16 @@ def test_ipam_node_writes_once_reports_router_ips_and_check_mode_writes_nothing(
 
     # Read only: no lease given.
     r = run('ipam_node', {'path': path})
-    assert not r['changed'] and r['lease'] == want and r['addresses'] == ['10.244.1.1/32', 'fd00::101/128']
+    assert not r['changed'] and r['lease'] == want and r['router_ips'] == ['10.244.1.1', 'fd00::101']
 
     # A changed lease (check mode first), then absent.
     other = lease(v4=('10.244.7.0/24',))
     r = run('ipam_node', {'lease': other, 'path': path}, check=True)
-    assert r['changed'] and r['addresses'] == ['10.244.7.1/32']
+    assert r['changed'] and r['router_ips'] == ['10.244.7.1']
     with open(path) as f:
         assert json.load(f) == want
     r = run('ipam_node', {'path': path, 'state': 'absent'})
-    assert r['changed'] and not os.path.exists(path) and r['addresses'] == []
+    assert r['changed'] and not os.path.exists(path) and r['router_ips'] == []
     r = run('ipam_node', {'path': path, 'state': 'absent'})
     assert not r['changed']
 
@@ -106,10 +106,10 @@ def test_ipam_node_multi_pool_and_crd_router_ips(run, tmp_path):
              'gpu': {'ipv4': ['10.20.0.0/28', '10.20.0.16/28'], 'ipv6': []}}
     mp = lease(v4=(), mode='multi-pool', pools=pools)
     r = run('ipam_node', {'lease': mp, 'path': path})
-    assert r['addresses'] == ['10.10.0.33/32', '10.20.0.1/32', '10.20.0.17/32']
+    assert r['router_ips'] == ['10.10.0.33', '10.20.0.1', '10.20.0.17']
     crd = lease(v4=('10.1.0.0/28', '10.1.0.77/32'), mode='crd')
     r = run('ipam_node', {'lease': crd, 'path': path})
-    assert r['addresses'] == ['10.1.0.1/32']          # a single address has no router IP
+    assert r['router_ips'] == ['10.1.0.1']          # a single address has no router IP
 
 
 def test_ipam_node_refuses_a_torn_lease_and_a_bad_lease(run, tmp_path):
@@ -142,7 +142,7 @@ def test_ipam_node_restores_an_unreadable_lease_from_the_ledger_and_keeps_it_asi
     assert path.read_bytes() == garbage and os.listdir(str(path.parent)) == ['lease.json']   # check mode
 
     r = run('ipam_node', {'lease': want, 'path': str(path)})
-    assert r['changed'] and r['lease'] == want and r['addresses'] == ['10.244.1.1/32']
+    assert r['changed'] and r['lease'] == want and r['router_ips'] == ['10.244.1.1']
     assert any('kept the bad file as %s' % r['kept_aside'] in w for w in warnings(r)), r
     with open(str(path)) as f:
         assert json.load(f) == want
@@ -307,7 +307,7 @@ def test_lease_helpers():
     mp = lease(v4=(), mode='multi-pool', pools=pools)
     assert ipam_lease.lease_cidrs(mp) == {'ipv4': ['10.10.0.0/27', '10.20.0.0/28'], 'ipv6': ['fd00::/120']}
     assert ipam_lease.lease_router_ips(mp) == ['10.10.0.1', '10.20.0.1', 'fd00::1']
-    assert ipam_lease.lease_host_addresses(None) == []
+    assert ipam_lease.lease_router_ips(None) == []
     assert ipam_lease.endpoint_source(mp, {'ipam.podnet.io/ip-pool': 'gpu'}) == ('gpu', {'ipv4': ['10.20.0.0/28'], 'ipv6': []})
     assert ipam_lease.endpoint_source(mp, {})[0] == 'default'
     k8s = lease(mode='kubernetes')
@@ -329,7 +329,7 @@ def test_lease_helpers():
 
 
 def _model(mode, path):
-    return {'cluster': {'name': 'lab', 'id': 0}, 'nodes': {'node1': {'ip': '192.168.50.11'}},
+    return {'cluster': {'name': 'lab', 'id': 0}, 'nodes': {'node1': {'node_ip': '192.168.50.11'}},
             'ipam': {'mode': mode, 'ledger': {'backend': 'file', 'path': path}}}
 
 
@@ -369,7 +369,7 @@ def test_record_use_in_crd_mode_writes_status_ipam_used(tmp_path):
 
 
 def _report():
-    model = {'cluster': {'name': 'lab', 'id': 0}, 'nodes': {'node1': {'ip': '192.168.50.11'}, 'node2': {'ip': '192.168.50.12'}},
+    model = {'cluster': {'name': 'lab', 'id': 0}, 'nodes': {'node1': {'node_ip': '192.168.50.11'}, 'node2': {'node_ip': '192.168.50.12'}},
              'ipam': {'mode': 'multi-pool', 'multi_pool': {
                  'pools': {'default': {'ipv4': {'cidrs': ['10.10.0.0/24'], 'mask_size': 27}, 'ipv6': None},
                            'gpu': {'ipv4': {'cidrs': ['10.20.0.0/28'], 'mask_size': 28}, 'ipv6': None}},

@@ -7,18 +7,18 @@ from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as
 UNDERLAY = {'dev': 'eth0', 'mtu': 1500, 'networks': ['192.168.50.0/24']}
 
 
-def cluster(n=3, v6=False):
+def node_map(n=3, v6=False):
     out = {}
     for i in range(1, n + 1):
-        out['node%d' % i] = {'ip': '192.168.50.%d' % (10 + i),
-                             'cidrs': {'ipv4': ['10.244.%d.0/24' % i],
-                                       'ipv6': ['fd00::%x00/120' % i] if v6 else []}}
+        out['node%d' % i] = {'node_ip': '192.168.50.%d' % (10 + i),
+                             'pod_cidrs': {'ipv4': ['10.244.%d.0/24' % i],
+                                           'ipv6': ['fd00::%x00/120' % i] if v6 else []}}
     return out
 
 
 def params(mode='tunnel', node='node1', clus=None, **kw):
-    p = {'mode': mode, 'node': node, 'node_ip': (clus or cluster())[node]['ip'] if node in (clus or cluster()) else '192.168.50.11',
-         'cluster': clus if clus is not None else cluster(), 'tunnel': {'protocol': 'vxlan', 'port': 8472, 'vni': 2},
+    p = {'mode': mode, 'node': node, 'node_ip': (clus or node_map())[node]['node_ip'] if node in (clus or node_map()) else '192.168.50.11',
+         'nodes': clus if clus is not None else node_map(), 'tunnel': {'protocol': 'vxlan', 'port': 8472, 'vni': 2},
          'native': {'auto_direct_node_routes': True, 'skip_unreachable': False}, 'mtu': 0, 'state': 'present'}
     p.update(kw)
     return p
@@ -59,7 +59,7 @@ def test_vni_port_and_mtu_are_configurable():
 
 
 def test_ipv6_cidrs_cross_the_tunnel():
-    d = routing.desired_state(params(clus=cluster(2, v6=True)), UNDERLAY, 'node1')[0]
+    d = routing.desired_state(params(clus=node_map(2, v6=True)), UNDERLAY, 'node1')[0]
     assert {'dst': 'fd00::200/120', 'gateway': 'fd00::201', 'dev': 'podnet_vxlan', 'onlink': True} in d['routes']
     assert {'dev': 'podnet_vxlan', 'dst': 'fd00::201', 'mac': routing.node_mac('192.168.50.12')} in d['neighbours']
 
@@ -74,9 +74,9 @@ def test_geneve_is_one_device_per_peer():
 
 
 def test_geneve_name_clash_is_an_error():
-    clus = cluster(1)
-    clus['node2'] = {'ip': '10.168.50.12', 'cidrs': {'ipv4': ['10.244.2.0/24'], 'ipv6': []}}
-    clus['node3'] = {'ip': '11.168.50.12', 'cidrs': {'ipv4': ['10.244.3.0/24'], 'ipv6': []}}
+    clus = node_map(1)
+    clus['node2'] = {'node_ip': '10.168.50.12', 'pod_cidrs': {'ipv4': ['10.244.2.0/24'], 'ipv6': []}}
+    clus['node3'] = {'node_ip': '11.168.50.12', 'pod_cidrs': {'ipv4': ['10.244.3.0/24'], 'ipv6': []}}
     with pytest.raises(routing.RoutingError, match='podnet_ga8320c is shared by node2 and node3'):
         routing.desired_state(params(clus=clus, tunnel={'protocol': 'geneve', 'port': None, 'vni': 5}),
                               UNDERLAY, 'node1')
@@ -96,8 +96,8 @@ def test_native_without_direct_routes_keeps_no_routes():
 
 
 def test_native_off_link_node_is_an_error_naming_it():
-    clus = cluster(2)
-    clus['node3'] = {'ip': '10.9.9.9', 'cidrs': {'ipv4': ['10.244.3.0/24'], 'ipv6': []}}
+    clus = node_map(2)
+    clus['node3'] = {'node_ip': '10.9.9.9', 'pod_cidrs': {'ipv4': ['10.244.3.0/24'], 'ipv6': []}}
     with pytest.raises(routing.RoutingError) as e:
         routing.desired_state(params('native', clus=clus), UNDERLAY, 'node1')
     msg = str(e.value)
@@ -106,8 +106,8 @@ def test_native_off_link_node_is_an_error_naming_it():
 
 
 def test_native_skip_unreachable_warns_and_skips():
-    clus = cluster(2)
-    clus['node3'] = {'ip': '10.9.9.9', 'cidrs': {'ipv4': ['10.244.3.0/24'], 'ipv6': []}}
+    clus = node_map(2)
+    clus['node3'] = {'node_ip': '10.9.9.9', 'pod_cidrs': {'ipv4': ['10.244.3.0/24'], 'ipv6': []}}
     d, warnings = routing.desired_state(
         params('native', clus=clus, native={'auto_direct_node_routes': True, 'skip_unreachable': True}),
         UNDERLAY, 'node1')
@@ -142,7 +142,7 @@ def test_plan_is_empty_when_realized_matches():
 
 def test_node_removed_drops_its_route_fdb_and_neighbour_only():
     before = routing.desired_state(params(), UNDERLAY, 'node1')[0]
-    clus = cluster()
+    clus = node_map()
     del clus['node3']
     after = routing.desired_state(params(clus=clus), UNDERLAY, 'node1')[0]
     acts = routing.plan(after, realize(before))
@@ -152,8 +152,8 @@ def test_node_removed_drops_its_route_fdb_and_neighbour_only():
 
 
 def test_node_added_adds_only_its_objects():
-    before = routing.desired_state(params(clus=cluster(2)), UNDERLAY, 'node1')[0]
-    after = routing.desired_state(params(clus=cluster(3)), UNDERLAY, 'node1')[0]
+    before = routing.desired_state(params(clus=node_map(2)), UNDERLAY, 'node1')[0]
+    after = routing.desired_state(params(clus=node_map(3)), UNDERLAY, 'node1')[0]
     acts = routing.plan(after, realize(before))
     assert sorted(a['action'] for a in acts) == ['fdb_add', 'neigh_add', 'route_add']
 
@@ -186,7 +186,7 @@ def test_switch_tunnel_to_native_removes_the_device_and_adds_direct_routes():
 
 
 def test_stale_objects_of_ours_are_removed():
-    d = routing.desired_state(params(clus=cluster(2)), UNDERLAY, 'node1')[0]
+    d = routing.desired_state(params(clus=node_map(2)), UNDERLAY, 'node1')[0]
     real = realize(d)
     real['routes'].append({'dst': '10.99.0.0/24', 'gateway': '10.99.0.1', 'dev': 'podnet_vxlan', 'onlink': True})
     real['devices']['podnet_ga8320e'] = dict(real['devices']['podnet_vxlan'], kind='geneve')
@@ -202,14 +202,14 @@ def test_ownership_filters():
     assert not routing.owned_device('podnet_host') and not routing.owned_device('vxlan0')
 
 
-def test_peers_from_the_ledger_cluster_map():
+def test_peers_from_the_ledger_node_map():
     doc = {'nodes': {'node2': {'ip': '192.168.50.12', 'cidrs': {'ipv4': ['10.244.2.0/24'], 'ipv6': []}},
                      'node1': {'ip': '192.168.50.11', 'cidrs': {'ipv4': ['10.244.1.0/24'], 'ipv6': []}},
                      'node10': {'ip': '192.168.50.20', 'cidrs': {'ipv4': [], 'ipv6': []},
                                 'pools': {'default': {'ipv4': ['10.1.0.0/27', '10.1.0.32/27']}}}}}
-    clus = ipam_lease.cluster_map(doc)
+    clus = ipam_lease.node_map(doc)
     assert list(clus) == ['node1', 'node2', 'node10']
-    assert clus['node10']['cidrs']['ipv4'] == ['10.1.0.0/27', '10.1.0.32/27']
+    assert clus['node10']['pod_cidrs']['ipv4'] == ['10.1.0.0/27', '10.1.0.32/27']
     names = [p['name'] for p in routing.peers(clus, 'node1')]
     assert names == ['node10', 'node2']
     d = routing.desired_state(params(clus=clus, node='node1', node_ip='192.168.50.11'), UNDERLAY, 'node1')[0]
@@ -218,7 +218,7 @@ def test_peers_from_the_ledger_cluster_map():
 
 
 def test_summary_lines():
-    d = routing.desired_state(params(clus=cluster(2)), UNDERLAY, 'node1')[0]
+    d = routing.desired_state(params(clus=node_map(2)), UNDERLAY, 'node1')[0]
     lines = routing.summary(routing.plan(d, {'devices': {}, 'routes': [], 'neighbours': [], 'fdb': []}))
     assert lines[0] == 'create podnet_vxlan'
     assert 'route_add 10.244.2.0/24 via 10.244.2.1 dev podnet_vxlan' in lines

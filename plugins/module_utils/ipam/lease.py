@@ -2,18 +2,16 @@
 # Copyright: podnet.fabric contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The node's lease (what /var/lib/podnet/ipam/lease.json holds) and what follows from it: the
-router IPs the host device holds, the pool an endpoint's IP comes from, the cluster map routing
+router IPs the host device holds, the pool an endpoint's IP comes from, the node map routing
 reads, and the lease checks that restore an unreadable one from the ledger. Pure. Nodes use it
-(ipam_node, ipam_endpoint, ipam_node_info); the controller builds leases and the cluster map with it.
+(ipam_node, ipam_endpoint, ipam_node_info); the controller builds leases and the node map with it.
 """
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam.cidr import (
-    DEFAULT_POOL, ENDPOINT_POOL_LABEL, FAMILIES, IpamError, MAX_BITS, NODE_POOLS_LABEL, natural_key,
-    router_ip)
-from ansible_collections.podnet.fabric.plugins.module_utils.ipfamily import family_of
+    DEFAULT_POOL, ENDPOINT_POOL_LABEL, FAMILIES, IpamError, NODE_POOLS_LABEL, natural_key, router_ip)
 
 
 def node_lease(doc, node, mode=None):
@@ -141,15 +139,15 @@ def lease_cidrs(lease):
     return out
 
 
-def cluster_map(doc):
-    """Every node of the ledger as routing needs it: {node: {'ip', 'cidrs': {family: [...]}}}.
+def node_map(doc):
+    """Every node of the ledger as routing needs it: {node: {'node_ip', 'pod_cidrs': {family: [...]}}}.
 
     The ledger, not the inventory of one run, is the cluster: a run limited to some nodes (or
     one AWX slice) still routes to all of them; a node leaves the map when it is pruned."""
     out = {}
     for node in sorted(doc.get('nodes') or {}, key=natural_key):
         lease = node_lease(doc, node)
-        out[node] = {'ip': lease['ip'], 'cidrs': lease_cidrs(lease)}
+        out[node] = {'node_ip': lease['ip'], 'pod_cidrs': lease_cidrs(lease)}
     return out
 
 
@@ -163,11 +161,6 @@ def lease_router_ips(lease):
             if ip is not None and ip not in out:
                 out.append(ip)
     return out
-
-
-def lease_host_addresses(lease):
-    """The router IPs as the host device holds them: address/32 and address/128."""
-    return ['%s/%d' % (ip, MAX_BITS[family_of(ip)]) for ip in lease_router_ips(lease)]
 
 
 def endpoint_source(lease, labels=None):
