@@ -100,12 +100,15 @@ class Reconciler(object):
     view(realized) -> what ``state`` and the diff show (default: the realized state itself)
     describe(action) -> the object an action changes, for messages (default: describe_action)
     name: what messages start with: the module, and its object where it has one.
+    lock: False for a module that changes no node (lab_cluster builds the lab on the machine that
+    hosts it): no node lock is taken.
 
     After run(), ``before`` and ``after`` hold the realized states (after: projected in check mode).
     """
 
-    def __init__(self, module, read, plan, apply, project=None, view=None, describe=None, name=None):
+    def __init__(self, module, read, plan, apply, project=None, view=None, describe=None, name=None, lock=True):
         self.module = module
+        self.lock = lock
         self.read = read
         self.plan = plan
         self.apply = apply
@@ -117,7 +120,7 @@ class Reconciler(object):
 
     def run(self, **extra):
         """One pass; the result (exit_json's keywords). Fails the module on any error."""
-        if self.module.check_mode:
+        if self.module.check_mode or not self.lock:
             return self._pass(extra)
         params = self.module.params
         path = params.get('lock_path') or NODE_LOCK

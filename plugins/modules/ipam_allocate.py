@@ -35,6 +35,9 @@ description:
     once per play (C(run_once), C(delegate_to=localhost)); the C(podnet.fabric.ipam) role does.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.controller
+  - podnet.fabric.controller.model
 options:
   nodes:
     description:
@@ -56,13 +59,7 @@ options:
     description: The inventory group holding the cluster's nodes (as for M(podnet.fabric.validate)).
     type: str
     default: podnet_nodes
-  model:
-    description: The validated model; defaults to the fact C(podnet_model) of C(localhost).
-    type: dict
 attributes:
-  action:
-    support: full
-    description: Runs on the controller as an action plugin; it never connects to a node.
   check_mode:
     support: full
     description: Reads the ledger and plans; writes nothing, returns the planned allocations and diff.

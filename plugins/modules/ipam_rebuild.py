@@ -33,6 +33,9 @@ description:
   - This is an action plugin; it runs on the controller only and never connects to a node.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.controller
+  - podnet.fabric.controller.model
 options:
   reports:
     description:
@@ -51,13 +54,7 @@ options:
         handed to other nodes). Each is named in a warning.
     type: bool
     default: false
-  model:
-    description: The validated model; defaults to the fact C(podnet_model) of C(localhost).
-    type: dict
 attributes:
-  action:
-    support: full
-    description: Runs on the controller as an action plugin; it never connects to a node.
   check_mode:
     support: full
     description: Reads the ledger and plans; writes nothing, keeps nothing aside, and returns the

@@ -23,6 +23,9 @@ description:
   - C(playbooks/ipam_report.yml) runs it.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.controller
+  - podnet.fabric.controller.model
 options:
   dest:
     description: Directory to write C(ipam.json) and C(ipam.html) to (created if missing). Omit to only return the figures.
@@ -31,13 +34,7 @@ options:
     description: At most this many nodes in the text table (the JSON and HTML hold every node).
     type: int
     default: 50
-  model:
-    description: The validated model; defaults to the fact C(podnet_model) of C(localhost).
-    type: dict
 attributes:
-  action:
-    support: full
-    description: Runs on the controller as an action plugin; it never connects to a node.
   check_mode:
     support: full
     description: Reads and reports; writes no files in check mode.

@@ -100,10 +100,15 @@ plan:
   elements: dict
   sample: [{action: create_member, name: node1, role: node}]
 members:
-  description: The lab members as realized after the run, by name.
+  description: The lab members after the run (projected in check mode), by name.
   returned: always
   type: dict
   sample: {node1: {addresses: [192.168.50.11/24], complete: true, port: true}}
+state:
+  description: The lab after the run (projected in check mode), C(members) and C(underlay); C({}) when there is none.
+  returned: always
+  type: dict
+  sample: {members: {node1: {addresses: [192.168.50.11/24], complete: true, port: true}}, underlay: true}
 '''
 
 import traceback
@@ -111,6 +116,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.podnet.fabric.plugins.module_utils import lab
+from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler
 
 try:
     import pyroute2  # noqa: F401 pylint: disable=unused-import
@@ -141,6 +147,7 @@ def main():
         module.fail_json(msg=missing_required_lib('pyroute2>=0.9'), exception=PYROUTE2_ERR)
     p = module.params
     prefix = p['prefix']
+    name = 'lab %s' % prefix
     try:
         if p['state'] == 'present':
             desired = lab.normalize(prefix, p['underlay_cidr'], p['members'], p['mtu'])
@@ -148,21 +155,15 @@ def main():
             if not lab.PREFIX_RE.match(prefix):
                 raise lab.LabError('prefix: %r is not a valid lab prefix' % prefix)
             desired = None
-        before = lab.read(prefix)
-        actions = lab.plan(desired, before)
-        if actions and not module.check_mode:
-            lab.apply(prefix, desired, actions)
-            after = lab.read(prefix)
-        else:
-            after = None
     except lab.LabError as e:
-        module.fail_json(msg='lab %s: %s' % (prefix, e))
-    result = dict(
-        changed=bool(actions),
-        plan=actions,
-        members=lab.summarize(after or before)['members'],
-        diff=dict(before=lab.summarize(before), after=lab.summarize(after) if after else lab.summarize(desired)),
-    )
+        module.fail_json(msg='%s: %s' % (name, e))
+    # The lab is the host's, not a node's: no node lock (lock=False).
+    result = Reconciler(
+        module, lambda: lab.read(prefix), lambda realized: lab.plan(desired, realized),
+        apply=lambda action: lab.apply(prefix, desired, [action]),
+        project=lambda realized, actions: desired, view=lab.summarize, name=name, lock=False,
+    ).run()
+    result['members'] = result['state'].get('members', {})
     module.exit_json(**result)
 
 

@@ -25,15 +25,14 @@ description:
   - This is an action plugin; it runs on the controller only and never connects to a node.
 author:
   - podnet.fabric maintainers (@podnet)
+extends_documentation_fragment:
+  - podnet.fabric.controller
 options:
   group:
     description: The inventory group holding the cluster's nodes.
     type: str
     default: podnet_nodes
 attributes:
-  action:
-    support: full
-    description: Runs on the controller as an action plugin; it never connects to a node.
   check_mode:
     support: full
     description: Validation reads only; it runs the same in check mode.

@@ -129,6 +129,18 @@ def test_check_mode_reads_without_the_lock_and_projects(tmp_path):
         assert reconciler(module2, World()).run()['changed']
 
 
+def test_without_the_node_lock_a_pass_applies_and_leaves_no_lock_file(tmp_path):
+    # lock=False: a module that changes no node (lab_cluster builds the lab on its host).
+    module = FakeModule(tmp_path, timeout=0.1)
+    with statefile.lock_file(module.params['lock_path'], holder='run other'):
+        world = World()
+        result = reconciler(module, world, lock=False).run()
+    assert result['changed'] and world.applied == ['stale1', 'stale2', 'stale3']
+    other = FakeModule(tmp_path / 'other')
+    reconciler(other, World(), lock=False).run()
+    assert not os.path.exists(other.params['lock_path'])
+
+
 def test_a_run_waits_for_the_lock_and_plans_from_what_the_holder_left(tmp_path):
     world = World()
     module = FakeModule(tmp_path)
