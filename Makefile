@@ -12,7 +12,7 @@ BENCHES := $(patsubst bench/%.py,%,$(wildcard bench/[a-z]*.py))
 PYTEST_ARGS ?=
 COLL := build/ansible_collections/podnet/fabric
 
-.PHONY: bootstrap demo down test sanity lint unit integration molecule bench bench-quick clean
+.PHONY: bootstrap demo down test sanity lint unit integration molecule bench bench-quick ee clean
 
 # scripts/test.sh runs bootstrap once and sets PODNET_BOOTSTRAPPED for the targets it calls.
 bootstrap:
@@ -57,6 +57,12 @@ bench: bootstrap
 # Every benchmark once, small and quick, so a broken benchmark fails the suite (figures: `make bench`).
 bench-quick: bootstrap
 	@set -e; for b in $(BENCHES); do echo "== bench $$b --quick"; python bench/$$b.py --quick; done
+
+# The execution environment's build context (building the image needs a registry: see README).
+ee: bootstrap
+	rm -rf build/ee-collection build/ee-context
+	ansible-galaxy collection build --force --output-path build/ee-collection .
+	ansible-builder create -f execution-environment.yml -c build/ee-context
 
 clean:
 	rm -rf build .pytest_cache
