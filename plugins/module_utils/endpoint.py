@@ -29,7 +29,7 @@ import ipaddress
 import os
 import socket
 
-from ansible_collections.podnet.fabric.plugins.module_utils import netlink, sysctl
+from ansible_collections.podnet.fabric.plugins.module_utils import ipfamily, netlink, sysctl
 from ansible_collections.podnet.fabric.plugins.module_utils.netns import inode, netns_exists, netns_path
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, error_funnel, list_diff
 from ansible_collections.podnet.fabric.plugins.module_utils.netlink import NTF_PROXY, RTPROT_PODNET
@@ -72,16 +72,13 @@ def normalize_addresses(addresses):
     out = {}
     for a in addresses or []:
         try:
-            iface = ipaddress.ip_interface(str(a).strip())
-        except ValueError:
-            raise EndpointError('addresses: %r is not an IP address' % (a,))
-        if '/' in str(a) and iface.network.prefixlen != iface.max_prefixlen:
-            raise EndpointError('addresses: %s: the endpoint holds a host address (/%d), not a network'
-                                % (a, iface.max_prefixlen))
-        fam = 'ipv%d' % iface.version
+            host = ipfamily.host_prefix(str(a).strip())
+        except ValueError as e:
+            raise EndpointError('addresses: %s' % e)
+        fam = ipfamily.family_of(host)
         if fam in out:
             raise EndpointError('addresses: more than one %s address (%s, %s)' % (fam, out[fam], a))
-        out[fam] = '%s/%d' % (iface.ip, iface.max_prefixlen)
+        out[fam] = host
     if 'ipv4' not in out and 'ipv6' not in out:
         raise EndpointError('addresses: the endpoint needs an address')
     return out

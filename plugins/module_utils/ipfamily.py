@@ -8,12 +8,25 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import socket
 
 
 def family_of(text):
     """'ipv6' for an IPv6 address or CIDR (text), else 'ipv4'."""
     return 'ipv6' if ':' in text else 'ipv4'
+
+
+def host_prefix(text):
+    """An address given bare or as a host prefix, as a host prefix: 'a.b.c.d/32', 'x::y/128'.
+    ValueError, saying which, when text is not an address or is a network wider than one host."""
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise ValueError('%r is not an IP address' % (text,))
+    if iface.network.prefixlen != iface.max_prefixlen:
+        raise ValueError('%s: a host address (bare or /%d), not a network' % (text, iface.max_prefixlen))
+    return '%s/%d' % (iface.ip, iface.max_prefixlen)
 
 
 def af_of(text):

@@ -107,11 +107,9 @@ mtu:
   sample: 1450
 '''
 
-import ipaddress
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import host_device, netlink
+from ansible_collections.podnet.fabric.plugins.module_utils import host_device, ipfamily, netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
@@ -120,12 +118,9 @@ def _host_prefixes(module, router_ips):
     out = []
     for a in router_ips:
         try:
-            iface = ipaddress.ip_interface(a)
-        except ValueError:
-            module.fail_json(msg='router_ips: %r is not an IP address' % (a,))
-        if iface.network.prefixlen != iface.max_prefixlen:
-            module.fail_json(msg='router_ips: %r: a router IP is one address (bare, /32 or /128)' % (a,))
-        out.append(str(iface))
+            out.append(ipfamily.host_prefix(a))
+        except ValueError as e:
+            module.fail_json(msg='router_ips: %s' % e)
     return sorted(set(out))
 
 
