@@ -31,9 +31,13 @@ class ActionModule(ctl.IpamAction):
         group = args.get('group') or 'podnet_nodes'
         prune = boolean(args.get('prune', False), strict=True)
         members = set((task_vars.get('groups') or {}).get(group) or model['nodes'])
+        # validate refuses this first, before any node is touched; this is for other callers.
+        refused = ctl.sliced_prune_error(task_vars, prune, members, group)
+        if refused:
+            raise AnsibleActionFail(refused)
         nodes = args.get('nodes')
         if nodes is None:
-            nodes = task_vars.get('ansible_play_hosts_all') or []
+            nodes = sorted(members, key=ipam_cidr.natural_key)
         if isinstance(nodes, str) or not isinstance(nodes, (list, tuple)):
             raise AnsibleActionFail('nodes: expected a list of host names, got %r' % (nodes,))
         # Hosts of the play that are not cluster nodes (a lab router, localhost) are not ours.

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.podnet.fabric.plugins.plugin_utils import inventory
+from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
 CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
@@ -51,6 +53,13 @@ class ActionModule(ActionBase):
                 errors = []
             except inventory.InventoryError as e:
                 errors = list(e.errors)
+        if not errors:
+            # ipam_prune as the ipam role will read it: an extra var, or the nodes' own variables.
+            prune = task_vars.get('ipam_prune', hostvars[hosts[0]].get('ipam_prune') if hosts else False)
+            refused = ipam_controller.sliced_prune_error(task_vars, boolean(plain(prune) or False, strict=False),
+                                                         hosts, group)
+            if refused:
+                errors = [refused]
         result['changed'] = False
         if errors:
             result['failed'] = True

@@ -41,9 +41,11 @@ extends_documentation_fragment:
 options:
   nodes:
     description:
-      - The nodes of this run, normally C(ansible_play_hosts_all). Only these nodes get allocations
-        and leases; hosts that are not in O(group) (a lab router, for example) are ignored.
-      - Defaults to the hosts of the current play.
+      - The nodes to allocate for. Only these nodes get allocations and leases; hosts that are not
+        in O(group) (a lab router, for example) are ignored.
+      - Defaults to every host of O(group) the inventory holds, also those a C(--limit) leaves out, so
+        that runs limited to different nodes agree on one cluster map. (A slice of AWX job slicing
+        sees only its own hosts; the other slices' nodes come from the ledger.)
     type: list
     elements: str
   prune:
@@ -53,6 +55,9 @@ options:
       - Do not use it with sliced inventories (AWX job slicing, or inventories that hold only part
         of the cluster) because every node outside the slice looks removed and would lose its CIDR.
         C(--limit) is safe, because the model still holds the whole inventory.
+      - Refused with an error, before the ledger is read, when the run is a slice: AWX gives each job of
+        a sliced job template the extra variable C(job_slice) (the slice's number), and
+        C(podnet_sliced=true) says the same for other schedulers.
     type: bool
     default: false
   group:
@@ -73,16 +78,15 @@ seealso:
 '''
 
 EXAMPLES = r'''
-- name: Allocate for the nodes of this play
+- name: Allocate for every node of the inventory group
   podnet.fabric.ipam_allocate:
-    nodes: "{{ ansible_play_hosts_all }}"
+    group: podnet_nodes
   delegate_to: localhost
   run_once: true
   register: alloc
 
 - name: Release the CIDRs of nodes removed from the (whole, unsliced) inventory
   podnet.fabric.ipam_allocate:
-    nodes: "{{ ansible_play_hosts_all }}"
     prune: true
   delegate_to: localhost
   run_once: true

@@ -21,6 +21,9 @@ description:
     C(node3: podnet_node_ip: "10.0.0.300" is not an IPv4 address). All errors are reported at once.'
   - Run it in a play on C(localhost) before any play that touches nodes, so that a bad inventory
     changes nothing anywhere (C(playbooks/site.yml) does).
+  - It also refuses C(ipam_prune=true) in a run that sees only a slice of the inventory (AWX job
+    slicing gives each slice job the extra variable C(job_slice); C(podnet_sliced=true) says the same),
+    since every node outside the slice would look removed and lose its CIDRs.
   - On success it sets the fact C(podnet_model), the normalized cluster model.
   - This is an action plugin; it runs on the controller only and never connects to a node.
 author:

@@ -10,12 +10,31 @@ cluster-wide allocation goes through the ledger, never through other hosts' host
 from __future__ import annotations
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
+
+
+def sliced_prune_error(task_vars, prune, members, group):
+    """The error for a prune from a run that sees only part of the inventory, or None. AWX gives each
+    job of a sliced job template the extra variable job_slice (the slice's number, from the
+    workflow's ancestor artifacts: awx/main/models/workflow.py); podnet_sliced=true says the same for
+    other schedulers. --limit is no slice: the model still holds the whole inventory."""
+    if not prune:
+        return None
+    if task_vars.get('job_slice') not in (None, ''):
+        why = 'slice %s of an AWX sliced job (job_slice)' % task_vars['job_slice']
+    elif boolean(task_vars.get('podnet_sliced', False), strict=False):
+        why = 'a slice of the inventory (podnet_sliced=true)'
+    else:
+        return None
+    return ('all: ipam_prune: refused, this run is %s and sees %d node%s of group %s, not the whole '
+            'inventory; every node outside it would look removed and lose its CIDRs. Prune from a run '
+            'over the whole inventory. Nothing was changed' % (why, len(members), '' if len(members) == 1 else 's', group))
 
 
 class IpamAction(ActionBase):
