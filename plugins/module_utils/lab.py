@@ -106,6 +106,33 @@ def nsenter_argv(prefix, name, argv):
     return ['nsenter', '--net=' + f['net'], '--mount=' + f['mnt'], '--uts=' + f['uts'], '--'] + list(argv)
 
 
+def _bare(obj):
+    """ansible-inventory --list marks strings {'__ansible_unsafe': ...}; a static inventory holds them bare."""
+    if isinstance(obj, dict):
+        if set(obj) == {'__ansible_unsafe'}:
+            return obj['__ansible_unsafe']
+        return dict((k, _bare(v)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_bare(v) for v in obj]
+    return obj
+
+
+def awx_slices(listed, group, count):
+    """The inventories AWX gives the jobs of a job template sliced `count` ways, from
+    `ansible-inventory --list` output: slice n holds hosts[n-1::count] of `group`, in order
+    (awx/main/models/inventory.py get_sliced_hosts), each host with its variables, in `group`.
+    Returns [(n, hosts, inventory document)] for static YAML inventories. (The tests and the fleet
+    bench run AWX job slicing on the lab with these.)"""
+    hostvars = listed.get('_meta', {}).get('hostvars', {})
+    hosts = list(listed.get(group, {}).get('hosts', []))
+    out = []
+    for n in range(1, count + 1):
+        mine = hosts[n - 1::count]
+        doc = {'all': {'children': {group: {'hosts': dict((h, _bare(hostvars.get(h, {}))) for h in mine)}}}}
+        out.append((n, mine, doc))
+    return out
+
+
 # ---------------------------------------------------------------- desired state (pure)
 
 def normalize(prefix, underlay_cidr, members, mtu=1500):

@@ -17,6 +17,8 @@ import yaml
 
 from labutil import LAB_ROOT, VENV_BIN, REPO, nsenter, playbook, run_ok
 
+from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
+
 PREFIX = 'psl'
 NODES = ['node1', 'node2', 'node3']
 SLICES = 2
@@ -24,34 +26,16 @@ SLICES = 2
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
 
 
-def _plain(obj):
-    """ansible-inventory --list marks strings {'__ansible_unsafe': ...}; a static inventory holds them bare."""
-    if isinstance(obj, dict):
-        if set(obj) == {'__ansible_unsafe'}:
-            return obj['__ansible_unsafe']
-        return dict((k, _plain(v)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def awx_slices(lab_inv, directory, count):
-    """The inventories AWX gives the jobs of a sliced job template: the hosts in order, slice n
-    taking hosts[n-1::count] (awx/main/models/inventory.py get_sliced_hosts), each host with its
-    variables, the groups kept. Only the cluster's nodes: the lab's router plays no part here."""
+    """The slice inventories AWX writes for the jobs of a sliced job template (lab_utils.awx_slices)."""
     p = subprocess.run([os.path.join(VENV_BIN, 'ansible-inventory'), '-i', lab_inv, '--list'], cwd=REPO,
                        env=labutil.env(), stdout=subprocess.PIPE, universal_newlines=True, check=True)
-    listed = json.loads(p.stdout)
-    hostvars = _plain(listed['_meta']['hostvars'])
-    hosts = listed['podnet_nodes']['hosts']
     out = []
-    for n in range(1, count + 1):
-        mine = hosts[n - 1::count]
+    for n, hosts, doc in lab_utils.awx_slices(json.loads(p.stdout), 'podnet_nodes', count):
         path = os.path.join(directory, 'slice%d.yml' % n)
         with open(path, 'w') as f:
-            yaml.safe_dump({'all': {'children': {'podnet_nodes': {
-                'hosts': dict((h, hostvars[h]) for h in mine)}}}}, f)
-        out.append((n, mine, path))
+            yaml.safe_dump(doc, f)
+        out.append((n, hosts, path))
     return out
 
 

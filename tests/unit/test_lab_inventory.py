@@ -51,3 +51,18 @@ def test_a_value_set_in_the_file_wins_over_the_environment(files):
 def test_the_demo_inventory_leaves_prefix_and_node_count_to_the_environment():
     assert listing(DEMO) == (['pnd'], ['node1', 'node2', 'node3'])
     assert listing(DEMO, PODNET_LAB_PREFIX='prp', PODNET_LAB_NODES='5') == (['prp'], ['node%d' % i for i in range(1, 6)])
+
+
+def test_awx_slices_split_like_awx_and_unwrap_unsafe_strings():
+    from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
+    listed = {'_meta': {'hostvars': dict(('node%d' % i, {'podnet_node_ip': {'__ansible_unsafe': '192.168.50.%d' % (10 + i)},
+                                                        'podnet_cluster': {'name': 'lab', 'id': 0}})
+                                         for i in range(1, 6))},
+              'podnet_nodes': {'hosts': ['node1', 'node2', 'node3', 'node4', 'node5']},
+              'podnet_lab_routers': {'hosts': ['tor']}}
+    slices = lab_utils.awx_slices(listed, 'podnet_nodes', 2)
+    assert [(n, hosts) for n, hosts, _doc in slices] == [(1, ['node1', 'node3', 'node5']), (2, ['node2', 'node4'])]
+    doc = slices[1][2]
+    assert doc == {'all': {'children': {'podnet_nodes': {'hosts': {
+        'node2': {'podnet_node_ip': '192.168.50.12', 'podnet_cluster': {'name': 'lab', 'id': 0}},
+        'node4': {'podnet_node_ip': '192.168.50.14', 'podnet_cluster': {'name': 'lab', 'id': 0}}}}}}}
