@@ -78,7 +78,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   /usr/bin/python3 -m venv --system-site-packages .venv
   pipq -U pip
   pipq -r requirements.txt
-  .venv/bin/python -c 'import ansible, pyroute2, botocore, molecule, xdist' || { echo "bootstrap: .venv is incomplete" >&2; exit 1; }
+  .venv/bin/python -c 'import ansible, ansible_runner, pyroute2, botocore, molecule, xdist' || { echo "bootstrap: .venv is incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 
