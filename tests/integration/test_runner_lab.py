@@ -7,6 +7,10 @@ job through `ansible-runner run` on a private data dir:
     env/envvars   ANSIBLE_COLLECTIONS_PATH: the install directory, nothing else
     env/extravars the job template's extra variables (rewritten before each job)
 
+This is also the drift job's lab test (what test_drift_lab.py was): a converged lab reports no drift
+and exits 0 with podnet_drift_fail; a deleted route is named with its node, fails the job on that node
+only and is left alone; outside check mode the job refuses and touches no node.
+
 The runner gets a clean environment (no ANSIBLE_CONFIG, cwd its project dir), so nothing of the
 checkout can resolve: `ansible-galaxy collection list` in that environment sees podnet.fabric only
 in the install directory, and every task event's path is under it. The results are read where AWX
@@ -111,6 +115,11 @@ class Runner:
         with open(os.path.join(self.pdd, 'env', 'extravars'), 'w') as f:
             yaml.safe_dump(extravars or {}, f)
         argv = [os.path.join(VENV_BIN, 'ansible-runner'), 'run', self.pdd, '-p', playbook + '.yml', '--ident', ident]
+        # The runner keeps a --cmdline as env/cmdline and reads that file for every later job without
+        # one: each job here has its own command line, as each AWX job template does.
+        stale = os.path.join(self.pdd, 'env', 'cmdline')
+        if os.path.exists(stale):
+            os.unlink(stale)
         if cmdline:
             argv += ['--cmdline', cmdline]
         with labutil._cost('ansible-runner %s %s' % (playbook, cmdline or '')):
@@ -217,3 +226,10 @@ def test_the_drift_job_names_a_deleted_route_fails_on_it_and_is_clean_after_a_si
     assert podnet_routes('node2')[gone]['dev'] == 'podnet_vxlan'
     summary = drift_summary(runner.ok('drift', fail, check))
     assert not [n for n, s in summary.items() if s['drifted']] and sorted(summary) == NODES, summary
+
+
+def test_the_drift_job_outside_check_mode_refuses_and_changes_nothing(runner):
+    job = runner.job('drift', {'podnet_drift_fail': True})
+    assert (job.status, job.rc) == ('failed', 2), job
+    assert 'drift.yml only looks: run it with --check --diff (nothing was changed)' in job.stdout
+    assert not [e for e in job.events if e['event'].startswith('runner_on') and e['event_data'].get('host') in NODES]
