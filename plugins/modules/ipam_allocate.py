@@ -55,7 +55,7 @@ options:
       - Do not use it with sliced inventories (AWX job slicing, or inventories that hold only part
         of the cluster) because every node outside the slice looks removed and would lose its CIDR.
         C(--limit) is safe, because the model still holds the whole inventory.
-      - Refused with an error, before the ledger is read, when the run is a slice: AWX gives each job of
+      - Refused with an error, before the ledger is read, when the run is a slice. AWX gives each job of
         a sliced job template the extra variable C(job_slice) (the slice's number), and
         C(podnet_sliced=true) says the same for other schedulers.
     type: bool

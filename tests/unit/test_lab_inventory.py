@@ -55,9 +55,9 @@ def test_the_demo_inventory_leaves_prefix_and_node_count_to_the_environment():
 
 def test_awx_slices_split_like_awx_and_unwrap_unsafe_strings():
     from ansible_collections.podnet.fabric.plugins.module_utils import lab as lab_utils
-    listed = {'_meta': {'hostvars': dict(('node%d' % i, {'podnet_node_ip': {'__ansible_unsafe': '192.168.50.%d' % (10 + i)},
-                                                        'podnet_cluster': {'name': 'lab', 'id': 0}})
-                                         for i in range(1, 6))},
+    hostvars = dict(('node%d' % i, {'podnet_node_ip': {'__ansible_unsafe': '192.168.50.%d' % (10 + i)},
+                                    'podnet_cluster': {'name': 'lab', 'id': 0}}) for i in range(1, 6))
+    listed = {'_meta': {'hostvars': hostvars},
               'podnet_nodes': {'hosts': ['node1', 'node2', 'node3', 'node4', 'node5']},
               'podnet_lab_routers': {'hosts': ['tor']}}
     slices = lab_utils.awx_slices(listed, 'podnet_nodes', 2)
