@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller-side IPAM helpers shared by the ipam_* action plugins.
+"""Controller-side helpers shared by the ipam_* and datapath_plan action plugins.
 
 The model comes from the fact ``podnet_model`` that ``podnet.fabric.validate`` sets on
 ``localhost``; it is the only host variable these plugins read besides the task's own host:
