@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Security identities (DESIGN.md 5 and 7; the datapath contract, /work/notes/datapath_contract.md).
+"""Security identities (DESIGN.md 5 and 7; the datapath contract of issue 10).
 
 An endpoint's identity is a number derived from its identity-relevant labels: the same filtered
 label set gets the same number on every run and every node, because the controller allocates it
