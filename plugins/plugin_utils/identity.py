@@ -343,7 +343,7 @@ def record_endpoints(doc, node, node_used, cluster_id, cluster_name, flt, desire
     task's). Each owner's identity: 4 for the health endpoint; else its desired label set's
     (allocated here when new); else the identity its record had, while the ledger still holds it;
     else that of an endpoint with no labels in its namespace. Endpoint ids are kept; a new
-    endpoint takes the node's lowest free one. Returns the identity allocation's changes (None
+    endpoint takes the node's lowest free one (the health endpoint's first when several are new). Returns the identity allocation's changes (None
     when the ledger has no entry for the node: nothing to record against)."""
     entry = (doc.get('nodes') or {}).get(node)
     if entry is None:
@@ -366,7 +366,9 @@ def record_endpoints(doc, node, node_used, cluster_id, cluster_name, flt, desire
         elif not (prev in table.labels_of or 0 < prev <= MAX_RESERVED):
             label_sets[key] = identity_labels({}, namespace_of(key), cluster_name, flt)
     by_labels, _cidrs, changes = allocate(doc, cluster_id, label_sets.values(), cluster_name=cluster_name)
-    ep_ids = _endpoint_ids(node, sorted(owners, key=natural_key), old)
+    # New endpoints take ids in this order: the health endpoint first, as site.yml creates it
+    # before any workload, so that a rebuild from the nodes' stores gives back the usual ids.
+    ep_ids = _endpoint_ids(node, sorted(owners, key=lambda k: (k != health, natural_key(k))), old)
     records = {}
     for key in sorted(owners, key=natural_key):
         if key == health:

@@ -79,13 +79,13 @@ def test_every_node_gets_its_entries_from_the_ledger(ledger_path):
     web = table.by_labels[('app=web', 'io.cilium.k8s.policy.cluster=lab', 'io.kubernetes.pod.namespace=default')]
     client = table.by_labels[('app=client', 'io.cilium.k8s.policy.cluster=lab', 'io.kubernetes.pod.namespace=default')]
     assert out['node1']['endpoints'] == [
-        {'name': 'default/web-1', 'address': '10.244.0.3', 'ep_id': 1, 'identity': web,
+        {'name': 'default/web-1', 'address': '10.244.0.3', 'ep_id': 2, 'identity': web,
          'enforce_ingress': True, 'enforce_egress': False},
-        {'name': 'podnet-health', 'address': '10.244.0.2', 'ep_id': 2, 'identity': ident.HEALTH,
+        {'name': 'podnet-health', 'address': '10.244.0.2', 'ep_id': 1, 'identity': ident.HEALTH,
          'enforce_ingress': False, 'enforce_egress': False}]
     assert out['node1']['policy'] == [
-        {'ep_id': 1, 'direction': 'ingress', 'identity': client, 'protocol': 'tcp', 'port': 80, 'verdict': 'allow', 'rule': 1},
-        {'ep_id': 1, 'direction': 'ingress', 'identity': (1 << 24) | 1, 'protocol': 'any', 'verdict': 'allow', 'rule': 1}]
+        {'ep_id': 2, 'direction': 'ingress', 'identity': client, 'protocol': 'tcp', 'port': 80, 'verdict': 'allow', 'rule': 1},
+        {'ep_id': 2, 'direction': 'ingress', 'identity': (1 << 24) | 1, 'protocol': 'any', 'verdict': 'allow', 'rule': 1}]
     assert out['node2']['policy'] == [] and out['node3']['endpoints'][0]['name'] == 'data/db-0'
     ipc = dict((e['prefix'], e) for e in out['node1']['ipcache'])
     assert ipc['10.244.1.3/32'] == {'prefix': '10.244.1.3/32', 'identity': client, 'tunnel_endpoint': '192.168.50.12',
@@ -121,7 +121,7 @@ def test_a_label_change_moves_the_endpoint_and_prune_releases_the_old_identity(l
     new = ident.endpoint_records(doc['nodes']['node1'])['default/web-1']['identity']
     assert new != old and str(old) in doc['identities']               # kept until a prune
     out, _w = datapath.outputs(moved, doc, ['node1'])
-    assert out['node1']['endpoints'][0]['identity'] == new and out['node1']['policy'][0]['ep_id'] == 1
+    assert out['node1']['endpoints'][0]['identity'] == new and out['node1']['policy'][0]['ep_id'] == 2
     changes = datapath.update(moved, doc, ['node1'], prune=True)
     assert [(c['action'], c['identity']) for c in changes] == [('released', old)]
     assert str(old) not in doc['identities']

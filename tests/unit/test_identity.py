@@ -185,9 +185,9 @@ def test_records_carry_name_addresses_identity_and_a_stable_endpoint_id():
     desired = {'default/web-1': labels(app='web')}
     _record(d, 'node1', used, desired)
     recs = d['nodes']['node1']['endpoints']
-    assert recs == {
-        'default/web-1': {'ep_id': 1, 'identity': 256, 'ips': ['10.244.1.2', 'fd00::2']},
-        'podnet-health': {'ep_id': 2, 'identity': ident.HEALTH, 'ips': ['10.244.1.3']},
+    assert recs == {      # new endpoints take ids the health endpoint first, then in name order
+        'default/web-1': {'ep_id': 2, 'identity': 256, 'ips': ['10.244.1.2', 'fd00::2']},
+        'podnet-health': {'ep_id': 1, 'identity': ident.HEALTH, 'ips': ['10.244.1.3']},
         # an endpoint whose labels nobody gave: an unlabeled endpoint of its namespace
         'shop/client-1': {'ep_id': 3, 'identity': 257, 'ips': ['10.244.1.4']},
     }
@@ -197,7 +197,7 @@ def test_records_carry_name_addresses_identity_and_a_stable_endpoint_id():
     used['10.244.1.5'] = {'owner': 'default/db-0'}
     _record(d, 'node1', used, desired)
     recs = d['nodes']['node1']['endpoints']
-    assert {k: r['ep_id'] for k, r in recs.items()} == {'default/db-0': 1, 'podnet-health': 2, 'shop/client-1': 3}
+    assert {k: r['ep_id'] for k, r in recs.items()} == {'default/db-0': 2, 'podnet-health': 1, 'shop/client-1': 3}
     # no endpoints: no record at all (an idle node's entry is as it was before records existed)
     _record(d, 'node1', {})
     assert 'endpoints' not in d['nodes']['node1']

@@ -176,7 +176,7 @@ def test_ipam_node_info_reports_lease_and_use_and_never_fails_on_bad_files(run, 
     lp, sp = tmp_path / 'lease.json', tmp_path / 'endpoints.json'
     args = {'lease_path': str(lp), 'store_path': str(sp)}
     r = run('ipam_node_info', args)
-    assert r == dict(r, changed=False, lease=None, lease_error=None, usage={}, addresses=[], store_error=None)
+    assert r == dict(r, changed=False, lease=None, lease_error=None, usage={}, addresses=[], node_used={}, store_error=None)
     lp.write_text(json.dumps(lease()))
     used = {'10.244.1.3': {'owner': 'b'}, '10.244.1.2': {'owner': 'a'}, '10.244.1.10': {'owner': 'c', 'pool': 'gpu'}}
     sp.write_text(json.dumps({'version': 1, 'used': used}))
@@ -184,6 +184,7 @@ def test_ipam_node_info_reports_lease_and_use_and_never_fails_on_bad_files(run, 
     assert r['lease'] == lease() and r['lease_error'] is None and not r['changed']
     assert r['usage'] == {'default': {'ipv4': 2}, 'gpu': {'ipv4': 1}}
     assert r['addresses'] == ['10.244.1.2', '10.244.1.3', '10.244.1.10']
+    assert r['node_used'] == {'10.244.1.2': {'owner': 'a'}, '10.244.1.3': {'owner': 'b'}, '10.244.1.10': {'owner': 'c'}}
     lp.write_bytes(b'\x00garbage')
     sp.write_text('[]')
     r = run('ipam_node_info', args)
@@ -381,8 +382,8 @@ def test_record_use_records_each_endpoints_name_addresses_identity_and_id(tmp_pa
     doc = led.read()
     table = identity.Table(doc, 0)
     records = identity.endpoint_records(doc['nodes']['node1'])
-    assert records['podnet-health'] == {'ep_id': 2, 'identity': identity.HEALTH, 'ips': ['10.0.0.3']}
-    assert records['default/web-1']['ips'] == ['10.0.0.2'] and records['default/web-1']['ep_id'] == 1
+    assert records['podnet-health'] == {'ep_id': 1, 'identity': identity.HEALTH, 'ips': ['10.0.0.3']}
+    assert records['default/web-1']['ips'] == ['10.0.0.2'] and records['default/web-1']['ep_id'] == 2
     # the inventory's labels, filtered (pod-template-hash is not identity-relevant)
     assert table.labels_of[records['default/web-1']['identity']] == (
         'app=web', 'io.cilium.k8s.policy.cluster=lab', 'io.kubernetes.pod.namespace=default')
