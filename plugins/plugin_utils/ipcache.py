@@ -40,8 +40,8 @@ def _host_prefix(ip):
     return '%s/%d' % (address, 32 if address.version == 4 else 128)
 
 
-def _prefix_order(entry):
-    net = ipaddress.ip_network(entry['prefix'])
+def _prefix_order(prefix):
+    net = ipaddress.ip_network(prefix)
     return (net.version, int(net.network_address), net.prefixlen)
 
 
@@ -78,11 +78,12 @@ def cluster_entries(doc, tunnel, cluster_id=0):
         for key, rec in sorted(ident.endpoint_records(nodes[node]).items()):
             for ip in rec['ips']:
                 add(_host_prefix(ip), rec['identity'], node, tunnel, "%s's endpoint %s" % (node, key), True)
+    rows.sort(key=lambda row: _prefix_order(row[0]))       # once: every node's entries come out in this order
     return rows, warnings
 
 
 def node_entries(rows, doc, node):
-    """The contract's ipcache entries for `node` from cluster_entries' rows, sorted by prefix.
+    """The contract's ipcache entries for `node` from cluster_entries' rows (sorted by prefix).
     A row without an identity is a node address: host on its own node, remote-node elsewhere."""
     nodes = (doc or {}).get('nodes') or {}
     out = []
@@ -95,7 +96,7 @@ def node_entries(rows, doc, node):
             tunnel_endpoint = (nodes.get(owner) or {}).get('ip')
         out.append({'prefix': prefix, 'identity': identity, 'tunnel_endpoint': tunnel_endpoint,
                     'local': endpoint and own})
-    return sorted(out, key=_prefix_order)
+    return out
 
 
 def node_ipcache(doc, node, tunnel, cluster_id=0):

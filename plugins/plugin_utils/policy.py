@@ -383,9 +383,7 @@ def endpoint_entries(compiled, ep_id, subject):
             if made is None:
                 made = templates[id(folded)] = [_template(e) for e in folded]
             for t in made:
-                entry = {'ep_id': ep_id, 'direction': direction, 'identity': peer}
-                entry.update(t)
-                append(entry)
+                append(dict(t, ep_id=ep_id, direction=direction, identity=peer))
     return out
 
 
