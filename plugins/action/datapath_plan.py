@@ -26,6 +26,11 @@ class ActionModule(ctl.IpamAction):
         prune = boolean(args.get('prune', False), strict=True)
         health = args.get('health_endpoint_id') or identity.HEALTH_ENDPOINT
         members = set((task_vars.get('groups') or {}).get(group) or model['nodes'])
+        sliced = ctl.slice_of(task_vars) if prune else None
+        if sliced:
+            raise AnsibleActionFail('all: prune: refused, this run is %s: the endpoints of the other slices that '
+                                    'have no address yet would look unused and lose their identities. Prune from a '
+                                    'run over the whole inventory. Nothing was changed' % sliced)
         nodes = args.get('nodes')
         if nodes is None:
             nodes = task_vars.get('ansible_play_hosts_all') or []
@@ -42,7 +47,7 @@ class ActionModule(ctl.IpamAction):
 
         def plan(doc):
             seen['before'] = copy.deepcopy(doc)
-            seen['changes'] = datapath.update(model, doc, run, prune=prune, health=health)
+            seen['changes'] = datapath.update(model, doc, prune=prune, health=health)
             return doc
 
         if self._task.check_mode:

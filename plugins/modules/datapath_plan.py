@@ -13,16 +13,17 @@ short_description: Allocate security identities and plan each node's eBPF datapa
 version_added: 0.1.0
 description:
   - The controller half of the eBPF datapath. Through the IPAM ledger (under its lock, or with a
-    conditional write on S3), it gives every endpoint of C(podnet_endpoints) on the nodes of the run a
+    conditional write on S3), it gives every endpoint of C(podnet_endpoints) (every node of the validated
+    model - the whole inventory, also under C(--limit); a slice's own nodes under AWX job slicing) a
     security identity derived from its identity-relevant labels (C(podnet_datapath.label_filter),
     Cilium's default, plus the endpoint's namespace and the cluster's name), the same labels the same
     number on every run and every node. Cluster-local identities start at 256 inside the cluster id's
     range (C(id << 16)); reserved ones (0 unknown, 1 host, 2 world, 4 health, 6 remote-node, ...) are
     fixed. Every CIDR a rule of C(podnet_policy) names gets a CIDR identity, C(1 << 24) plus n.
   - The ledger records which endpoint holds which addresses, identity and endpoint id on each node
-    (M(podnet.fabric.ipam_endpoint) writes those records after each change); this action moves the run's
+    (M(podnet.fabric.ipam_endpoint) writes those records after each change); this action moves those
     endpoints to the identity their inventory labels give now, so a label change takes effect here.
-  - Returns, for each node of the run, the entries of its datapath maps in the symbolic form the node
+  - Returns, for each node of O(nodes), the entries of its datapath maps in the symbolic form the node
     side takes - C(endpoints) (one per endpoint address, with the enforcement flags), C(ipcache) (every
     endpoint and node address of the cluster, CIDR identities and the world prefixes; tunnel endpoints in
     tunnel mode) and C(policy) (C(podnet_policy) compiled per endpoint; deny beats allow; once a rule
@@ -39,7 +40,8 @@ extends_documentation_fragment:
 options:
   nodes:
     description:
-      - The nodes to plan for. Hosts that are not in O(group) are left out.
+      - The nodes whose entries to return (the nodes whose maps the play syncs). Hosts that are not in
+        O(group) are left out. Identities are allocated for every node of the model whatever this says.
       - Defaults to every host of the play (C(ansible_play_hosts_all)).
     type: list
     elements: str
@@ -49,8 +51,11 @@ options:
     default: podnet_nodes
   prune:
     description:
-      - Release the identities that no endpoint of the ledger and no endpoint of the run's inventory
-        holds, and the CIDR identities no rule names.
+      - Release the identities that no endpoint of the ledger and no endpoint of the inventory holds,
+        and the CIDR identities no rule names.
+      - Refused, before the ledger is read, in a run that is a slice (the extra variable C(job_slice) of
+        AWX job slicing, or C(podnet_sliced=true)) - the other slices' endpoints that have no address yet
+        would look unused.
     type: bool
     default: false
   health_endpoint_id:

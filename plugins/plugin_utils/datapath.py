@@ -4,9 +4,9 @@
 """The controller's datapath plan (the datapath_plan action): identities allocated in the ledger
 and, per node, the contract's symbolic endpoint, ipcache and policy entries. Pure.
 
-``update(model, doc, run)`` is the ledger update (run it in ``Ledger.update``, or on a deep copy
-in check mode): identities for every endpoint of the run's nodes (their inventory labels) and for
-every CIDR a rule names; the run's nodes' endpoint records follow their inventory labels (a label
+``update(model, doc)`` is the ledger update (run it in ``Ledger.update``, or on a deep copy in
+check mode): identities for every endpoint of the model's nodes (their inventory labels) and for
+every CIDR a rule names; those nodes' endpoint records follow their inventory labels (a label
 change moves an endpoint to another identity); with prune, identities that no endpoint record or
 inventory endpoint holds and CIDR identities no rule names are released.
 
@@ -37,10 +37,12 @@ def _cluster(model):
     return cluster.get('id', 0), cluster.get('name')
 
 
-def update(model, doc, run, prune=False, health=ident.HEALTH_ENDPOINT):
-    """Edit doc (the ledger's private copy) in place; returns the changes."""
+def update(model, doc, prune=False, health=ident.HEALTH_ENDPOINT):
+    """Edit doc (the ledger's private copy) in place for every node of the model (the whole
+    inventory, also under --limit; a slice's own nodes under AWX slicing); returns the changes."""
     cluster_id, cluster_name = _cluster(model)
     flt = ident.label_filter(model)
+    run = sorted(model['nodes'], key=natural_key)
     wanted = ident.model_endpoint_labels(model, run)
     sets = [labels for node in run for labels in wanted[node].values()]
     cidrs = policy.rule_cidrs(_rules(model))
@@ -66,13 +68,13 @@ def update(model, doc, run, prune=False, health=ident.HEALTH_ENDPOINT):
     return changes
 
 
-def held_identities(model, doc, run):
+def held_identities(model, doc):
     """The cluster-local identities endpoints hold: every endpoint record's, and those of the
-    run's inventory endpoints that have no addresses yet."""
+    model's endpoints that have no addresses yet."""
     cluster_id, _name = _cluster(model)
     table = ident.Table(doc, cluster_id)
     held = ident.used_identities(doc)
-    for node, labels in ident.model_endpoint_labels(model, run).items():
+    for node, labels in ident.model_endpoint_labels(model).items():
         held.update(table.by_labels[s] for s in labels.values() if s in table.by_labels)
     return held
 
@@ -81,7 +83,7 @@ def outputs(model, doc, run):
     """{node: {'endpoints', 'ipcache', 'policy'}} for the run's nodes, and the ipcache warnings."""
     cluster_id, _name = _cluster(model)
     table = ident.Table(doc, cluster_id)
-    compiled = policy.compile_policy(_rules(model), table, only=held_identities(model, doc, run))
+    compiled = policy.compile_policy(_rules(model), table, only=held_identities(model, doc))
     tunnel = ((model.get('routing') or {}).get('mode') or 'tunnel') == 'tunnel'
     rows, warnings = ipcache.cluster_entries(doc, tunnel, cluster_id)
     nodes = doc.get('nodes') or {}

@@ -20,18 +20,22 @@ from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
 
-def sliced_prune_error(task_vars, prune, members, group):
-    """The error for a prune from a run that sees only part of the inventory, or None. AWX gives each
+def slice_of(task_vars):
+    """What makes this run a slice that sees only part of the inventory, or None. AWX gives each
     job of a sliced job template the extra variable job_slice (the slice's number, from the
     workflow's ancestor artifacts: awx/main/models/workflow.py); podnet_sliced=true says the same for
     other schedulers. --limit is no slice: the model still holds the whole inventory."""
-    if not prune:
-        return None
     if task_vars.get('job_slice') not in (None, ''):
-        why = 'slice %s of an AWX sliced job (job_slice)' % task_vars['job_slice']
-    elif boolean(task_vars.get('podnet_sliced', False), strict=False):
-        why = 'a slice of the inventory (podnet_sliced=true)'
-    else:
+        return 'slice %s of an AWX sliced job (job_slice)' % task_vars['job_slice']
+    if boolean(task_vars.get('podnet_sliced', False), strict=False):
+        return 'a slice of the inventory (podnet_sliced=true)'
+    return None
+
+
+def sliced_prune_error(task_vars, prune, members, group):
+    """The error for a prune from a run that sees only part of the inventory (slice_of), or None."""
+    why = slice_of(task_vars) if prune else None
+    if why is None:
         return None
     return ('all: ipam_prune: refused, this run is %s and sees %d node%s of group %s, not the whole '
             'inventory; every node outside it would look removed and lose its CIDRs. Prune from a run '

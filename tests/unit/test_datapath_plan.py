@@ -71,7 +71,7 @@ def test_every_node_gets_its_entries_from_the_ledger(ledger_path):
     model = make_model(ledger_path)
     led = provision(model)
     doc = copy.deepcopy(led.read())
-    changes = datapath.update(model, doc, list(NODES))
+    changes = datapath.update(model, doc)
     assert [c['action'] for c in changes] == ['allocated']        # the rule's CIDR; endpoints have theirs
     out, warnings = datapath.outputs(model, doc, list(NODES))
     assert warnings == []
@@ -102,8 +102,12 @@ def test_a_slice_sees_the_whole_cluster(ledger_path):
     model = make_model(ledger_path)
     led = provision(model)
     doc = copy.deepcopy(led.read())
-    datapath.update(model, doc, ['node2'])
-    out, _w = datapath.outputs(model, doc, ['node2'])
+    # an AWX slice: its model holds its own nodes only; the others are in the ledger
+    sliced = dict(model, nodes={'node2': model['nodes']['node2']})
+    before = copy.deepcopy(doc)
+    assert [c['action'] for c in datapath.update(sliced, doc)] == ['allocated']     # the rule's CIDR
+    assert doc['nodes'] == before['nodes']              # the other slices' records are as they were
+    out, _w = datapath.outputs(sliced, doc, ['node2'])
     assert list(out) == ['node2']
     prefixes = set(e['prefix'] for e in out['node2']['ipcache'])
     assert {'10.244.0.3/32', '10.244.2.3/32', '192.168.50.13/32'} <= prefixes
@@ -113,16 +117,16 @@ def test_a_label_change_moves_the_endpoint_and_prune_releases_the_old_identity(l
     model = make_model(ledger_path)
     led = provision(model)
     doc = copy.deepcopy(led.read())
-    datapath.update(model, doc, list(NODES))
+    datapath.update(model, doc)
     old = ident.endpoint_records(doc['nodes']['node1'])['default/web-1']['identity']
     moved = make_model(ledger_path, web_labels={'app': 'web', 'tier': 'front'})
-    changes = datapath.update(moved, doc, ['node1'])
+    changes = datapath.update(moved, doc)
     assert [c['action'] for c in changes] == ['allocated', 'moved']
     new = ident.endpoint_records(doc['nodes']['node1'])['default/web-1']['identity']
     assert new != old and str(old) in doc['identities']               # kept until a prune
     out, _w = datapath.outputs(moved, doc, ['node1'])
     assert out['node1']['endpoints'][0]['identity'] == new and out['node1']['policy'][0]['ep_id'] == 2
-    changes = datapath.update(moved, doc, ['node1'], prune=True)
+    changes = datapath.update(moved, doc, prune=True)
     assert [(c['action'], c['identity']) for c in changes] == [('released', old)]
     assert str(old) not in doc['identities']
 
@@ -133,11 +137,11 @@ def test_prune_keeps_what_other_nodes_and_endpoints_without_addresses_hold(ledge
     doc = copy.deepcopy(led.read())
     # an inventory endpoint that has no address yet still holds its identity
     model['nodes']['node1']['endpoints'].append({'name': 'web-2', 'namespace': 'default', 'labels': {'app': 'cache'}})
-    datapath.update(model, doc, ['node1'])
-    assert datapath.update(model, doc, ['node1'], prune=True) == []
+    datapath.update(model, doc)
+    assert datapath.update(model, doc, prune=True) == []
     # a rule no longer naming a CIDR: its identity goes
     model['policy']['rules'][0]['ingress'].pop()
-    changes = datapath.update(model, doc, ['node1'], prune=True)
+    changes = datapath.update(model, doc, prune=True)
     assert [(c['action'], c.get('cidr')) for c in changes] == [('released', '192.0.2.0/24')]
 
 
@@ -145,9 +149,11 @@ def test_prune_keeps_what_other_nodes_and_endpoints_without_addresses_hold(ledge
 # the action, run by ansible
 
 
-def run_action(args, check=False):
+def run_action(args, check=False, extra=None):
     argv = [os.path.join(BIN, 'ansible'), 'localhost', '-i', 'localhost,', '-c', 'local',
             '-m', 'podnet.fabric.datapath_plan', '-a', json.dumps(args)]
+    if extra:
+        argv += ['-e', json.dumps(extra)]
     if check:
         argv += ['--check', '--diff']
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_LOAD_CALLBACK_PLUGINS='1',
@@ -187,4 +193,7 @@ def test_the_action_needs_a_model_and_plans_nothing_when_off(ledger_path):
     off = make_model(ledger_path, enabled=False)
     r = run_action({'model': off, 'nodes': list(NODES)})
     assert not r['changed'] and r['datapath'] == {} and 'datapath: off' in r['msg']
+    assert not os.path.exists(ledger_path)
+    r = run_action({'model': make_model(ledger_path), 'prune': True}, extra={'job_slice': 2})
+    assert r['failed'] and r['msg'].startswith('all: prune: refused, this run is slice 2 of an AWX sliced job'), r
     assert not os.path.exists(ledger_path)
