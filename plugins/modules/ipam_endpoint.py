@@ -41,7 +41,7 @@ options:
   endpoint_id:
     description:
       - The endpoint's unique name on the node, for example C(namespace/pod). An endpoint of
-        C(podnet_endpoints) is C(<namespace>/<name>): its labels there give its identity.
+        C(podnet_endpoints) is C(<namespace>/<name>); its labels there give its identity.
     type: str
     required: true
   family:

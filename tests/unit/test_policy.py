@@ -260,7 +260,7 @@ def _random_rule(rng):
             item[side + '_cidrs'] = [rng.choice(['10.0.0.0/8', '10.1.0.0/16', '192.0.2.0/24', '0.0.0.0/0'])]
         if rng.random() < 0.6:
             ports = []
-            for _ in range(rng.randint(1, 3)):
+            for _n in range(rng.randint(1, 3)):
                 lo = rng.randint(1, 30)
                 ports.append({'port': lo, 'end_port': lo + rng.choice([0, 0, 3, 10]), 'protocol': rng.choice(['tcp', 'udp', 'any'])})
             item['to_ports'] = ports
@@ -270,7 +270,7 @@ def _random_rule(rng):
     rule = {'endpoint_selector': rng.choice([{}, {'app': 'web'}, {'app': 'client'}, {'tier': 'data'}])}
     for key, side in (('ingress', 'from'), ('egress', 'to'), ('ingress_deny', 'from'), ('egress_deny', 'to')):
         if rng.random() < 0.4:
-            rule[key] = [peers(side) for _ in range(rng.randint(1, 2))]
+            rule[key] = [peers(side) for _n in range(rng.randint(1, 2))]
     if len(rule) == 1:
         rule['ingress'] = [peers('from')]
     return rule
@@ -283,7 +283,7 @@ def test_compiled_entries_give_the_rules_verdicts():
              [('icmp', None, 8), ('icmp', None, 0), ('icmpv6', None, 8)]
     checked = 0
     for _case in range(60):
-        rules = rules_of(*[_random_rule(rng) for _ in range(rng.randint(1, 5))])
+        rules = rules_of(*[_random_rule(rng) for _n in range(rng.randint(1, 5))])
         c = make(rules)
         for src in peers:
             for dst in peers:
@@ -298,7 +298,7 @@ def test_compiled_entries_give_the_rules_verdicts():
 def test_entries_are_disjoint_per_protocol():
     rng = random.Random(3)
     for _case in range(100):
-        rules = rules_of(*[_random_rule(rng) for _ in range(4)])
+        rules = rules_of(*[_random_rule(rng) for _n in range(4)])
         c = make(rules)
         for subject in list(LOCAL) + [ident.HEALTH]:
             seen = {}
