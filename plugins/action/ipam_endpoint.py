@@ -6,8 +6,10 @@
 The node is the source of truth for which endpoint holds which address (its store). The
 controller keeps the cluster's view current right after each change: in crd mode the node
 document's status.ipam.used (an external allocator must not take those addresses back), in the
-other modes the ledger entry's pools_used (report, multi-pool pre_allocation). The record is
-written from the node's whole store, not incrementally, so it also heals a missed update.
+other modes the ledger entry's pools_used (report, multi-pool pre_allocation), and (but in eni
+mode) the entry's endpoint records: each endpoint's name, addresses, identity and endpoint id,
+which the cluster-wide ipcache is built from (identity.py, ipcache.py). The record is written
+from the node's whole store, not incrementally, so it also heals a missed update.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import merge_hash
 
+from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 
@@ -48,9 +51,11 @@ class ActionModule(ActionBase):
             result.update(failed=True, msg='%s: the node\'s lease is for IPAM mode %s but the inventory says %s; '
                           'run playbooks/site.yml first' % (node, result.get('mode'), model['ipam']['mode']))
             return result
+        args = self._task.args
+        current = (args.get('endpoint_id'), args.get('labels') or {}) if args.get('state', 'present') == 'present' else None
         try:
-            rec = ctl.record_use(model, node, result.get('usage'), result.get('node_used'))
-        except ledger.LedgerError as e:
+            rec = ctl.record_use(model, node, result.get('usage'), result.get('node_used'), current=current)
+        except (ledger.LedgerError, identity.IdentityError) as e:
             result.update(failed=True, msg='%s: the endpoint change was made on the node, but recording '
                           'the node\'s use failed: %s (the next run of this task records it)' % (node, e))
             return result

@@ -38,10 +38,14 @@ class ActionModule(ctl.IpamAction):
         allow_missing = boolean(args.get('allow_missing', False), strict=True)
 
         leases, usage, warnings = ipam_plan.rebuild_inputs(model, reports, allow_missing)
-        rebuilt = ipam_plan.rebuild_from_leases(model, leases, usage)
+        # Stores of nodes whose ipam_node_info predates node_used are left out: their records are kept.
+        node_used = dict((n, reports[n]['node_used']) for n in leases
+                         if isinstance(reports.get(n), dict) and isinstance(reports[n].get('node_used'), dict))
+        ipam_plan.rebuild_from_leases(model, leases, usage, node_used)   # conflicts fail before the ledger is opened
         led = ctl.open_ledger(model)
 
         def build(current):
+            rebuilt = ipam_plan.rebuild_from_leases(model, leases, usage, node_used, seed=current['doc'])
             return ipam_plan.plan_rebuild(current, rebuilt, force)
 
         check = self._task.check_mode

@@ -12,8 +12,8 @@ from ansible_collections.podnet.fabric.plugins.plugin_utils import inventory
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
-CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
-NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs', 'podnet_instance')
+CLUSTER_KEYS = inventory.CLUSTER_KEYS
+NODE_KEYS = inventory.NODE_KEYS
 
 
 class ActionModule(ActionBase):

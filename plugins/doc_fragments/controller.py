@@ -7,8 +7,8 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # The controller-only actions (validate, ipam_allocate, ipam_rebuild, ipam_report): they run on
-    # the controller and never connect to a node.
+    # The controller-only actions (validate, ipam_allocate, ipam_rebuild, ipam_report, datapath_plan):
+    # they run on the controller and never connect to a node.
     DOCUMENTATION = r'''
 attributes:
   action:

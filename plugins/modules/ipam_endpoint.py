@@ -28,16 +28,20 @@ description:
   - 'Records the node''s use on the controller when O(update_ledger=true) (an action plugin
     part runs there after the node part): in C(crd) mode the node document''s
     C(status.ipam.used) (as Cilium''s CiliumNode), in the other modes the ledger entry''s
-    C(pools_used) (the utilization report and multi-pool C(pre_allocation) read it). It needs the
-    fact C(podnet_model) on C(localhost) (M(podnet.fabric.validate) sets it) and never runs in
-    check mode.'
+    C(pools_used) (the utilization report and multi-pool C(pre_allocation) read it), and, in every
+    mode but C(eni), the entry''s endpoint records: each endpoint''s name, addresses, security
+    identity (from its labels in C(podnet_endpoints), else O(labels) for this endpoint) and
+    endpoint id, which the cluster-wide ipcache is built from. It needs the fact C(podnet_model)
+    on C(localhost) (M(podnet.fabric.validate) sets it) and never runs in check mode.'
 author:
   - podnet.fabric maintainers (@podnet)
 extends_documentation_fragment:
   - podnet.fabric.node_lock
 options:
   endpoint_id:
-    description: The endpoint's unique name on the node, for example C(namespace/pod).
+    description:
+      - The endpoint's unique name on the node, for example C(namespace/pod). An endpoint of
+        C(podnet_endpoints) is C(<namespace>/<name>); its labels there give its identity.
     type: str
     required: true
   family:
@@ -47,7 +51,10 @@ options:
     type: str
     choices: [ipv4, ipv6]
   labels:
-    description: The endpoint's labels; C(ipam.podnet.io/ip-pool) picks its multi-pool pool.
+    description:
+      - The endpoint's labels; C(ipam.podnet.io/ip-pool) picks its multi-pool pool.
+      - The ledger's endpoint record takes the endpoint's identity from them when C(podnet_endpoints)
+        does not list the endpoint.
     type: dict
     default: {}
   state:
@@ -148,7 +155,7 @@ ledger:
   description: What the controller recorded (action plugin part), C(updated) and where.
   returned: when O(update_ledger=true) and not in check mode
   type: dict
-  sample: {updated: true, location: /var/lib/podnet/ledger/lab.json, record: pools_used}
+  sample: {updated: true, location: /var/lib/podnet/ledger/lab.json, record: "pools_used, endpoints"}
 plan:
   description: The allocations and releases made, or that would be made in check mode.
   returned: always

@@ -15,8 +15,8 @@ description:
   - Reads the node's own copy of its allocation, the lease (O(lease_path), written by
     M(podnet.fabric.ipam_node)), and its endpoint allocation store (O(store_path), written by
     M(podnet.fabric.ipam_endpoint)), and returns what the controller needs to rebuild the
-    cluster's ledger - the lease and the endpoint addresses in use per pool and family (the ledger
-    entry's C(pools_used)). C(playbooks/ledger_rebuild.yml) hands every node's result to
+    cluster's ledger - the lease, the endpoint addresses in use per pool and family (the ledger
+    entry's C(pools_used)) and which endpoint holds each (its endpoint records). C(playbooks/ledger_rebuild.yml) hands every node's result to
     M(podnet.fabric.ipam_rebuild).
   - Never fails on a file it cannot parse, and never changes anything. An unreadable lease or
     store is returned as RV(lease_error) / RV(store_error) instead, so the controller
@@ -72,6 +72,13 @@ addresses:
   type: list
   elements: str
   sample: [10.244.0.2, 10.244.0.3]
+node_used:
+  description:
+    - Every endpoint address in the store and the endpoint that holds it (its IPAM name); the ledger
+      rebuild restores the ledger's endpoint records from it.
+  returned: always
+  type: dict
+  sample: {10.244.0.2: {owner: podnet-health}, 10.244.0.3: {owner: default/web-1}}
 store_error:
   description: Why the endpoint store could not be used; null otherwise.
   returned: always
@@ -112,6 +119,7 @@ def main():
         lease_error=lease_error,
         usage=ipam_endpoints.store_usage(store),
         addresses=sorted(((store or {}).get('used') or {}), key=ipam_cidr.natural_key),
+        node_used=ipam_endpoints.store_crd_used(store),
         store_error=store_error,
     )
 

@@ -15,7 +15,8 @@ description:
   - Rebuilds the cluster's ledger (C(podnet_ipam.ledger)) from what every node holds, as
     M(podnet.fabric.ipam_node_info) read it - each node's lease (its CIDRs, pool blocks, underlay
     IP and C(allocated_at)) and its endpoint store (the addresses in use, recorded as the entry's
-    C(pools_used); not in C(crd) mode, whose use lives in the node documents). The rebuilt ledger
+    C(pools_used), not in C(crd) mode, whose use lives in the node documents; and which endpoint holds
+    each, the entry's endpoint records, with identities from the endpoints' labels). The rebuilt ledger
     hands out exactly the leases the nodes hold, so the next C(playbooks/site.yml) run changes
     nothing. C(playbooks/ledger_rebuild.yml) drives it.
   - Everything is decided and written under the ledger's lock (C(file)) or with a conditional
@@ -29,7 +30,9 @@ description:
     that has no lease while its endpoint store holds addresses (its CIDR would be handed out
     again). A node with neither lease nor endpoints was never provisioned and is left out.
   - Another cluster's ledger and a ledger of an unsupported version are never replaced.
-  - Identities, once the ledger holds any, are not in the leases and are not rebuilt.
+  - Identities are not in the leases; they are derived again from the endpoints' labels. A readable
+    ledger (replaced with O(force)) keeps its identity numbers and endpoint ids; a lost or torn one's
+    can come back different (endpoint ids - the health endpoint's first, then by name).
   - This is an action plugin; it runs on the controller only and never connects to a node.
 author:
   - podnet.fabric maintainers (@podnet)

@@ -13,10 +13,12 @@ short_description: Validate and normalize the whole podnet cluster inventory on 
 version_added: 0.1.0
 description:
   - Reads the cluster variables (C(podnet_cluster), C(podnet_ipam), C(podnet_routing), C(podnet_eni),
-    C(podnet_policy)) and every node's variables (C(podnet_node_ip), C(podnet_node_device),
-    C(podnet_node_labels), C(podnet_pod_cidrs), C(podnet_instance)) of the hosts in O(group), checks
-    types, unknown keys and semantics (overlapping or invalid CIDRs, pools too small, duplicate node
-    IPs, missing per-mode variables, unsupported combinations), and fills in the defaults.
+    C(podnet_policy), C(podnet_datapath)) and every node's variables (C(podnet_node_ip),
+    C(podnet_node_device), C(podnet_node_labels), C(podnet_pod_cidrs), C(podnet_instance),
+    C(podnet_endpoints)) of the hosts in O(group), checks types, unknown keys and semantics
+    (overlapping or invalid CIDRs, pools too small, duplicate node IPs, missing per-mode variables,
+    unsupported combinations, policy ports, CIDRs, entities and label selectors, duplicate endpoint
+    names, more endpoints than a node's pod CIDR holds), and fills in the defaults.
   - 'Every error names the host (or C(all) for cluster-wide keys) and the key path, for example
     C(node3: podnet_node_ip: "10.0.0.300" is not an IPv4 address). All errors are reported at once.'
   - Run it in a play on C(localhost) before any play that touches nodes, so that a bad inventory

@@ -26,14 +26,53 @@ import ipaddress
 import re
 
 from ansible_collections.podnet.fabric.plugins.module_utils import tunnel as tunnel_facts
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
 
-CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy')
+CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy',
+                'podnet_datapath')
 NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs',
-             'podnet_instance')
+             'podnet_instance', 'podnet_endpoints')
 
 IPAM_MODES = ('cluster-pool', 'kubernetes', 'multi-pool', 'crd', 'eni')
 ROUTING_MODES = ('tunnel', 'native', 'eni')
 DEFAULT_CLUSTER_NAME = 'default'
+DEFAULT_NAMESPACE = 'default'
+
+# Policy peers by name (DESIGN.md 5, the datapath contract): what each selects is identity.py's.
+ENTITIES = ('host', 'remote-node', 'world', 'health', 'cluster', 'all')
+PORT_PROTOCOLS = ('tcp', 'udp', 'any')
+POLICY_DIRECTIONS = ('ingress', 'egress', 'ingress_deny', 'egress_deny')
+
+# Labels podnet sets on every endpoint itself (Cilium's k8s:io.kubernetes.pod.namespace and
+# k8s:io.cilium.k8s.policy.cluster): an endpoint's own labels must not set them.
+NAMESPACE_LABEL = 'io.kubernetes.pod.namespace'
+CLUSTER_LABEL = 'io.cilium.k8s.policy.cluster'
+
+# The identity-relevant label filter: Cilium's default, as defaultLabelPrefixCfg() in
+# pkg/labelsfilter/filter.go (cilium/cilium 0b22469da6e3) lists it and docs.cilium.io "Limiting
+# Identity-Relevant Labels" explains it. A pattern is a regular expression that must match at the
+# start of a label key; a leading '!' makes it an exclusion. Left out: Cilium's first entry,
+# 'reserved:.*', which keeps labels of the source 'reserved' (podnet's labels have no sources:
+# reserved identities are fixed numbers here). How the patterns combine is identity.LabelFilter's
+# (filterLabels() in the same Go file).
+DEFAULT_LABEL_FILTER = (
+    r'io\.kubernetes\.pod\.namespace',
+    r'io\.cilium\.k8s\.namespace\.labels',
+    r'app\.kubernetes\.io',
+    r'io\.cilium\.k8s\.policy\.cluster',
+    r'!io\.kubernetes',
+    r'!kubernetes\.io',
+    r'!statefulset\.kubernetes\.io/pod-name',
+    r'!apps\.kubernetes\.io/pod-index',
+    r'!batch\.kubernetes\.io/job-completion-index',
+    r'!.*beta\.kubernetes\.io',
+    r'!k8s\.io',
+    r'!pod-template-generation',
+    r'!pod-template-hash',
+    r'!controller-revision-hash',
+    r'!annotation.*',
+    r'!etcd_node',
+)
 
 ALL = 'all'
 
@@ -207,6 +246,30 @@ def _check_label_value(value):
     return None
 
 
+def _check_dns_subdomain(value):
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return ('%s is not a DNS subdomain (lowercase letters, digits, \'-\' and \'.\', '
+                'at most 253 characters)' % _show(value))
+    return None
+
+
+def _check_label_pattern(value):
+    pattern = value[1:] if value.startswith('!') else value
+    if not pattern:
+        return '%s has no pattern' % _show(value)
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return '%s is not a regular expression (%s)' % (_show(value), e)
+    return None
+
+
+def _check_icmp_family(value):
+    if value not in (4, 6):
+        return '%d is not 4 or 6' % value
+    return None
+
+
 def _check_mtu(value):
     if value != 0 and not 1280 <= value <= 65535:
         return '%d is not 0 (auto) or in 1280..65535' % value
@@ -230,9 +293,56 @@ def _check_hold_time(value):
 # required: missing/null is an error
 # children: dict keys (unknown keys are errors unless extra='allow'); elements: list items;
 #           keys/values: free-form mapping (map) key and value schemas
-# choices, min, max, family (4/6 for ip and cidr), check (callable -> message or None)
+# choices, min, max, family (4/6 for ip and cidr), check (callable -> message or None),
+# lower (str: compared and kept lowercased, as Cilium users write TCP)
 
 _ASN = {'type': 'int', 'min': 1, 'max': 4294967295}
+_LABELS = {'type': 'map', 'keys': {'type': 'str', 'check': _check_label_key},
+           'values': {'type': 'str', 'check': _check_label_value}}
+_PORT = {'type': 'int', 'min': 1, 'max': 65535}
+
+
+def _policy_item(peer):
+    """One ingress/egress (allow or deny) entry: peers (``from_*`` or ``to_*``) AND ports/ICMP types,
+    Cilium's IngressRule/EgressRule in snake_case."""
+    return {
+        'type': 'dict',
+        'children': {
+            peer + '_endpoints': {'type': 'list', 'default': [], 'elements': dict(_LABELS)},
+            peer + '_entities': {'type': 'list', 'default': [],
+                                 'elements': {'type': 'str', 'choices': ENTITIES}},
+            peer + '_cidrs': {'type': 'list', 'default': [], 'elements': {'type': 'cidr'}},
+            'to_ports': {'type': 'list', 'default': [], 'elements': {
+                'type': 'dict',
+                'children': {
+                    'port': dict(_PORT, required=True),
+                    'end_port': dict(_PORT, default=None),
+                    'protocol': {'type': 'str', 'choices': PORT_PROTOCOLS, 'default': 'any',
+                                 'lower': True},
+                },
+            }},
+            'icmps': {'type': 'list', 'default': [], 'elements': {
+                'type': 'dict',
+                'children': {
+                    'type': {'type': 'int', 'min': 0, 'max': 255, 'required': True},
+                    'family': {'type': 'int', 'default': 4, 'check': _check_icmp_family},
+                },
+            }},
+        },
+    }
+
+
+_POLICY_RULE = {
+    'type': 'dict',
+    'children': {
+        'name': {'type': 'str', 'default': None},
+        'endpoint_selector': dict(_LABELS, required=True),
+        'ingress': {'type': 'list', 'default': [], 'elements': _policy_item('from')},
+        'ingress_deny': {'type': 'list', 'default': [], 'elements': _policy_item('from')},
+        'egress': {'type': 'list', 'default': [], 'elements': _policy_item('to')},
+        'egress_deny': {'type': 'list', 'default': [], 'elements': _policy_item('to')},
+    },
+}
 _TAGS = {'type': 'map', 'keys': {'type': 'str'}, 'values': {'type': 'str'}, 'default': {}}
 
 
@@ -373,12 +483,19 @@ CLUSTER_SCHEMA = {
             'tags': _TAGS,
         },
     },
-    # Only type-checked for now: the policy engine owns its rule format.
     'podnet_policy': {
         'type': 'dict',
-        'extra': 'allow',
         'children': {
-            'rules': {'type': 'list', 'elements': {'type': 'raw'}, 'default': _OMIT},
+            'rules': {'type': 'list', 'elements': _POLICY_RULE, 'default': []},
+        },
+    },
+    'podnet_datapath': {
+        'type': 'dict',
+        'children': {
+            'enabled': {'type': 'bool', 'default': True},
+            'host_routing': {'type': 'str', 'choices': ('bpf', 'kernel'), 'default': 'bpf'},
+            'label_filter': {'type': 'list', 'default': list(DEFAULT_LABEL_FILTER),
+                             'elements': {'type': 'str', 'check': _check_label_pattern}},
         },
     },
 }
@@ -386,9 +503,7 @@ CLUSTER_SCHEMA = {
 NODE_SCHEMA = {
     'podnet_node_ip': {'type': 'ip', 'family': 4, 'required': True},
     'podnet_node_device': {'type': 'str', 'default': None, 'check': _check_ifname},
-    'podnet_node_labels': {'type': 'map', 'default': {},
-                           'keys': {'type': 'str', 'check': _check_label_key},
-                           'values': {'type': 'str', 'check': _check_label_value}},
+    'podnet_node_labels': dict(_LABELS, default={}),
     'podnet_pod_cidrs': {'type': 'list', 'elements': {'type': 'cidr'}, 'default': []},
     'podnet_instance': {
         'type': 'dict',
@@ -397,6 +512,18 @@ NODE_SCHEMA = {
             'id': {'type': 'str', 'required': True,
                    'check': _aws_id('i', 'an EC2 instance id')},
             'type': {'type': 'str', 'required': True},
+        },
+    },
+    'podnet_endpoints': {
+        'type': 'list',
+        'default': [],
+        'elements': {
+            'type': 'dict',
+            'children': {
+                'name': {'type': 'str', 'required': True, 'check': _check_dns_subdomain},
+                'namespace': {'type': 'str', 'default': DEFAULT_NAMESPACE, 'check': _check_dns_label},
+                'labels': dict(_LABELS, default={}),
+            },
         },
     },
 }
@@ -464,7 +591,7 @@ class _Walker(object):
     def _str(self, schema, value, path):
         if not isinstance(value, str):
             return self.error(path, _not_a(value, 'a string'))
-        return str(value)
+        return str(value).lower() if schema.get('lower') else str(value)
 
     def _int(self, schema, value, path):
         if isinstance(value, bool):
@@ -911,6 +1038,146 @@ def _check_node_ips(model, active_pools, pod_nets, errors):
             errors.add(host, 'podnet_instance', "required when podnet_ipam.mode is 'eni'")
 
 
+def _endpoint_keys(nodes):
+    """{host: [(index, endpoint)]} of the endpoints whose name and namespace are valid."""
+    out = {}
+    for host in _host_order(nodes):
+        endpoints = nodes[host]['endpoints']
+        out[host] = [(i, ep) for i, ep in enumerate(endpoints if isinstance(endpoints, list) else [])
+                     if _ok(ep) and _ok(ep['name'], ep['namespace'])]
+    return out
+
+
+def _check_endpoints(model, pod_nets, errors):
+    """podnet_endpoints: labels podnet sets itself, one name per namespace across the cluster (the
+    packet walk and the ledger's endpoint records name endpoints by namespace/name), and room in
+    the node's pod CIDR for them, its router IP and its health endpoint."""
+    nodes = model['nodes']
+    valid = _endpoint_keys(nodes)
+    seen = {}
+    for host in _host_order(nodes):
+        endpoints = nodes[host]['endpoints']
+        for i, ep in enumerate(endpoints if isinstance(endpoints, list) else []):
+            if _ok(ep) and _ok(ep['labels']):
+                for key, source in ((NAMESPACE_LABEL, "the endpoint's namespace"),
+                                    (CLUSTER_LABEL, 'podnet_cluster.name')):
+                    if key in ep['labels']:
+                        errors.add(host, 'podnet_endpoints[%d].labels.%s' % (i, key),
+                                   'podnet sets this label itself (from %s)' % source)
+        for i, ep in valid[host]:
+            key = (ep['namespace'], ep['name'])
+            if key in seen:
+                other, j = seen[key]
+                where = ('podnet_endpoints[%d]' % j if other == host
+                         else "%s's podnet_endpoints[%d]" % (other, j))
+                errors.add(host, 'podnet_endpoints[%d].name' % i,
+                           '%s in namespace %s is also %s (an endpoint name is unique in its '
+                           'namespace across the cluster)' % (_show(ep['name']), _show(ep['namespace']), where))
+            else:
+                seen[key] = (host, i)
+    _check_endpoint_room(model, pod_nets, valid, errors)
+
+
+def _room_message(count, family, what, room):
+    return ('%d endpoint%s do%s not fit the node\'s IPv%d pod CIDR (%s: %d endpoint address%s, one '
+            'of them the health endpoint\'s): at most %d' % (
+                count, '' if count == 1 else 's', 'es' if count == 1 else '', family, what, room + 1,
+                '' if room == 0 else 'es', room))
+
+
+def _check_endpoint_room(model, pod_nets, valid, errors):
+    """Capacity where validation knows a node's CIDR: cluster-pool (mask_size) and kubernetes
+    (podnet_pod_cidrs) per node, multi-pool per pool across the cluster. crd and eni pools are
+    known only when the node allocates: ipam_endpoint's exhaustion error says it there."""
+    mode = model['ipam']['mode']
+    counts = dict((host, len(eps)) for host, eps in valid.items())
+    if mode == 'cluster-pool' and model['ipam']['cluster_pool'] is not _INVALID:
+        for family in (4, 6):
+            block = model['ipam']['cluster_pool']['ipv%d' % family]
+            if not _ok(block) or not _ok(block['mask_size']) or block['mask_size'] > (32 if family == 4 else 128):
+                continue
+            room = ipam_cidr.usable_addresses('ipv%d' % family, block['mask_size']) - 1
+            for host in _host_order(counts):
+                if counts[host] > room:
+                    errors.add(host, 'podnet_endpoints', _room_message(
+                        counts[host], family, 'mask_size %d' % block['mask_size'], room))
+    elif mode == 'kubernetes':
+        for host, _i, net in pod_nets:
+            room = ipam_cidr.usable_addresses('ipv%d' % net.version, net.prefixlen) - 1
+            if counts.get(host, 0) > room:
+                errors.add(host, 'podnet_endpoints', _room_message(counts[host], net.version, str(net), room))
+    elif mode == 'multi-pool' and model['ipam']['multi_pool'] is not _INVALID \
+            and _ok(model['ipam']['multi_pool']['pools']):
+        _check_pool_room(model['ipam']['multi_pool']['pools'], valid, errors)
+
+
+def _check_pool_room(pools, valid, errors):
+    """multi-pool: an endpoint's pool (its label ipam.podnet.io/ip-pool, else 'default') exists,
+    and each pool's blocks hold its endpoints, plus one health endpoint per node in 'default'."""
+    want = {}
+    for host in _host_order(valid):
+        want[ipam_cidr.DEFAULT_POOL] = want.get(ipam_cidr.DEFAULT_POOL, 0) + 1
+        for i, ep in valid[host]:
+            pool = (ep['labels'] if _ok(ep['labels']) else {}).get(
+                ipam_cidr.ENDPOINT_POOL_LABEL) or ipam_cidr.DEFAULT_POOL
+            if pool not in pools:
+                errors.add(host, 'podnet_endpoints[%d].labels.%s' % (i, ipam_cidr.ENDPOINT_POOL_LABEL),
+                           'no pool named %s (pools: %s)' % (_show(pool), ', '.join(_host_order(pools)) or 'none'))
+                continue
+            want[pool] = want.get(pool, 0) + 1
+    for name in _host_order(want):
+        pool = pools.get(name)
+        if not _ok(pool):
+            continue
+        for family in (4, 6):
+            block = pool['ipv%d' % family]
+            if not _ok(block) or not _ok(block['mask_size'], block['cidrs']):
+                continue
+            nets = [net for _i, net in _nets(block['cidrs'])]
+            mask = block['mask_size']
+            if len(nets) != len(block['cidrs']) or mask > (32 if family == 4 else 128) \
+                    or any(mask < net.prefixlen for net in nets):
+                continue
+            have = _blocks(nets, mask) * ipam_cidr.usable_addresses('ipv%d' % family, mask)
+            if want[name] > have:
+                errors.add(ALL, 'podnet_ipam.multi_pool.pools.%s.ipv%d' % (name, family),
+                           '%s in blocks of /%d holds %d endpoint address%s, not enough for the %d '
+                           'endpoints that use pool %s (podnet_endpoints, and one health endpoint per '
+                           'node in pool default)' % (
+                               ', '.join(str(n) for n in nets), mask, have, '' if have == 1 else 'es',
+                               want[name], _show(name)))
+
+
+def _check_policy(model, errors):
+    """podnet_policy: what the schema cannot say: a rule must do something, port ranges run
+    upwards, rule names are unique (reports name rules by them)."""
+    policy = model['policy']
+    if not _ok(policy) or not isinstance(policy.get('rules'), list):
+        return
+    names = {}
+    for r, rule in enumerate(policy['rules']):
+        path = 'podnet_policy.rules[%d]' % r
+        if not _ok(rule):
+            continue
+        if _ok(rule['name']):
+            if rule['name'] in names:
+                errors.add(ALL, path + '.name', '%s is also the name of rules[%d]' % (
+                    _show(rule['name']), names[rule['name']]))
+            else:
+                names[rule['name']] = r
+        if all(_ok(rule[d]) and not rule[d] for d in POLICY_DIRECTIONS):
+            errors.add(ALL, path, 'needs at least one of: %s' % ', '.join(POLICY_DIRECTIONS))
+        for direction in POLICY_DIRECTIONS:
+            items = rule[direction]
+            for i, item in enumerate(items if isinstance(items, list) else []):
+                if not _ok(item) or not isinstance(item['to_ports'], list):
+                    continue
+                for p, port in enumerate(item['to_ports']):
+                    if _ok(port) and _ok(port['port'], port['end_port']) and port['end_port'] < port['port']:
+                        errors.add(ALL, '%s.%s[%d].to_ports[%d].end_port' % (path, direction, i, p),
+                                   '%d is less than port %d' % (port['end_port'], port['port']))
+
+
 def _check_consistency(nodes, errors):
     """Every host must see the same cluster-level keys. A host that carries none of a key
     counts as 'not set' (as it would in Ansible); keys no host carries are not compared."""
@@ -984,6 +1251,7 @@ def validate(cluster_vars, nodes):
         'routing': raw['podnet_routing'],
         'eni': raw['podnet_eni'] if raw['podnet_ipam']['mode'] == 'eni' else None,
         'policy': raw['podnet_policy'],
+        'datapath': raw['podnet_datapath'],
         'nodes': {},
     }
 
@@ -1007,6 +1275,7 @@ def validate(cluster_vars, nodes):
             'labels': node['podnet_node_labels'],
             'pod_cidrs': node['podnet_pod_cidrs'],
             'instance': node['podnet_instance'],
+            'endpoints': node['podnet_endpoints'],
         }
 
     _complete(model)
@@ -1016,6 +1285,8 @@ def validate(cluster_vars, nodes):
     pod_nets = _check_pod_cidrs(model, errors)
     _check_routing(model, active_pools, pod_nets, errors)
     _check_node_ips(model, active_pools, pod_nets, errors)
+    _check_endpoints(model, pod_nets, errors)
+    _check_policy(model, errors)
     _check_consistency(dict((h, v) for h, v in nodes.items() if isinstance(v, dict)), errors)
 
     if errors.items:

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: podnet.fabric contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Controller-side IPAM helpers shared by the ipam_* action plugins.
+"""Controller-side helpers shared by the ipam_* and datapath_plan action plugins.
 
 The model comes from the fact ``podnet_model`` that ``podnet.fabric.validate`` sets on
 ``localhost``; it is the only host variable these plugins read besides the task's own host:
@@ -13,24 +13,29 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ledger
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
 from ansible_collections.podnet.fabric.plugins.plugin_utils.templated import plain
 
 
-def sliced_prune_error(task_vars, prune, members, group):
-    """The error for a prune from a run that sees only part of the inventory, or None. AWX gives each
+def slice_of(task_vars):
+    """What makes this run a slice that sees only part of the inventory, or None. AWX gives each
     job of a sliced job template the extra variable job_slice (the slice's number, from the
     workflow's ancestor artifacts: awx/main/models/workflow.py); podnet_sliced=true says the same for
     other schedulers. --limit is no slice: the model still holds the whole inventory."""
-    if not prune:
-        return None
     if task_vars.get('job_slice') not in (None, ''):
-        why = 'slice %s of an AWX sliced job (job_slice)' % task_vars['job_slice']
-    elif boolean(task_vars.get('podnet_sliced', False), strict=False):
-        why = 'a slice of the inventory (podnet_sliced=true)'
-    else:
+        return 'slice %s of an AWX sliced job (job_slice)' % task_vars['job_slice']
+    if boolean(task_vars.get('podnet_sliced', False), strict=False):
+        return 'a slice of the inventory (podnet_sliced=true)'
+    return None
+
+
+def sliced_prune_error(task_vars, prune, members, group):
+    """The error for a prune from a run that sees only part of the inventory (slice_of), or None."""
+    why = slice_of(task_vars) if prune else None
+    if why is None:
         return None
     return ('all: ipam_prune: refused, this run is %s and sees %d node%s of group %s, not the whole '
             'inventory; every node outside it would look removed and lose its CIDRs. Prune from a run '
@@ -50,7 +55,7 @@ class IpamAction(ActionBase):
         result = super(IpamAction, self).run(tmp, task_vars)
         try:
             return self._run(result, self._task.args, task_vars or {})
-        except (ipam_cidr.IpamError, ledger.LedgerError) as e:
+        except (ipam_cidr.IpamError, ledger.LedgerError, identity.IdentityError) as e:
             result.update(failed=True, changed=False, msg=str(e))
         except AnsibleActionFail as e:
             result.update(failed=True, changed=False, msg=e.message)
@@ -91,15 +96,36 @@ def open_ledger(model):
         raise AnsibleActionFail(str(e))
 
 
-def record_use(model, node, usage, node_used):
+def _endpoints_recorder(model, node, node_used, current):
+    """The ledger update step that rewrites the node's endpoint records (identity.py) from its
+    whole store: names, addresses, the identity of the labels the inventory gives each endpoint
+    (or the task's, for an endpoint the inventory does not list), stable endpoint ids."""
+    cluster = model.get('cluster') or {}
+    desired = identity.model_endpoint_labels(model, [node]).get(node, {}) if node in (model.get('nodes') or {}) else {}
+    flt = identity.label_filter(model)
+    if current and current[0] and current[0] not in desired and current[0] != identity.HEALTH_ENDPOINT:
+        key, labels = current
+        desired = dict(desired)
+        desired[key] = identity.identity_labels(labels, identity.namespace_of(key), cluster.get('name'), flt)
+
+    def record(doc):
+        identity.record_endpoints(doc, node, node_used, cluster.get('id', 0), cluster.get('name'), flt, desired)
+    return record
+
+
+def record_use(model, node, usage, node_used, current=None):
     """Record one node's endpoint use on the controller. crd mode: the node document's
     status.ipam.used (what the external allocator must not take back); other modes: the ledger
-    entry's pools_used (utilization report, multi-pool pre_allocation). Returns
-    {'updated', 'location', 'record'}. Raises LedgerError."""
+    entry's pools_used (utilization report, multi-pool pre_allocation). Every mode but eni (no
+    ledger entry for the node) also rewrites the entry's endpoint records (identity.py: name,
+    addresses, identity, endpoint id), in the same ledger update. current: (endpoint id, labels)
+    of the task's endpoint. Returns {'updated', 'location', 'record'}. Raises LedgerError or
+    identity.IdentityError."""
     mode = model['ipam']['mode']
     led = ledger.open_ledger(model['ipam']['ledger'], cluster=model['cluster']['name'])
     if mode == 'eni':
         return {'updated': False, 'location': led.location, 'record': None}
+    record_endpoints = _endpoints_recorder(model, node, node_used, current)
     if mode == 'crd':
         used = dict((ip, {'owner': (rec or {}).get('owner')}) for ip, rec in (node_used or {}).items())
 
@@ -108,9 +134,14 @@ def record_use(model, node, usage, node_used):
             status.setdefault('ipam', {})['used'] = used
             return doc
         _doc, changed = led.update_node_doc(node, set_status)
+
+        def set_endpoints(doc):
+            record_endpoints(doc)
+            return doc
+        _doc, recorded = led.update(set_endpoints)
         where = led.node_doc_path(node) if hasattr(led, 'node_doc_path') else 's3://%s/%s' % (
             led.bucket, led.node_doc_key(node))
-        return {'updated': changed, 'location': where, 'record': 'status.ipam.used'}
+        return {'updated': changed or recorded, 'location': where, 'record': 'status.ipam.used, endpoints'}
 
     counts = ipam_lease.pools_used_record(usage)
 
@@ -122,9 +153,10 @@ def record_use(model, node, usage, node_used):
             entry['pools_used'] = counts
         else:
             entry.pop('pools_used', None)
+        record_endpoints(doc)
         return doc
     _doc, changed = led.update(set_pools_used)
-    return {'updated': changed, 'location': led.location, 'record': 'pools_used'}
+    return {'updated': changed, 'location': led.location, 'record': 'pools_used, endpoints'}
 
 
 def lease_of(doc, node, mode):

@@ -45,6 +45,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import ipaddress
 
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam.cidr import (
@@ -52,6 +53,7 @@ from ansible_collections.podnet.fabric.plugins.module_utils.ipam.cidr import (
     natural_key, parse_cidr, prefix_size, usable_addresses)
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam.lease import mode_pool, pools_used_record
 from ansible_collections.podnet.fabric.plugins.module_utils.ipfamily import family_of
+from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
 
 
 # A used CIDR that covers more blocks than this is kept as a range instead of a set of indexes.
@@ -573,10 +575,17 @@ def _ordered_families(texts, where):
     return out, parsed
 
 
-def rebuild_from_leases(model, leases, usage=None):
+def rebuild_from_leases(model, leases, usage=None, node_used=None, seed=None):
     """A ledger document rebuilt from the nodes' own leases {node: lease} and, for each node's
     pools_used, their endpoint use {node: {pool: {family: count}}} (store_usage of each node's
     endpoint store; not recorded in crd mode, whose use lives in the node documents, or eni mode).
+
+    node_used: {node: {ip: {'owner': endpoint}}} (each node's store as ipam_node_info returns it):
+    the nodes' endpoint records are rebuilt from it (identity.record_endpoints: names, addresses,
+    identities from the inventory's labels); a node without it keeps seed's records. seed: the
+    ledger being replaced, when readable: its identities and endpoint ids are kept, so a rebuild
+    of a ledger that agrees with the nodes changes nothing. Without one, identities are allocated
+    afresh and endpoint ids handed out in order (the health endpoint first, as site.yml creates it).
 
     Each entry is what ipam_allocate wrote (its CIDRs in the lease's order, allocated_at), so the
     leases the rebuilt ledger hands out equal the ones the nodes hold. serial is the highest
@@ -615,7 +624,23 @@ def rebuild_from_leases(model, leases, usage=None):
     pair = _find_conflict(items)
     if pair:
         raise IpamError(_conflict_message(pair, 'lease conflict'))
-    return {'version': 1, 'cluster': cluster, 'serial': top, 'nodes': nodes, 'identities': {}}
+    doc = {'version': 1, 'cluster': cluster, 'serial': top, 'nodes': nodes,
+           'identities': copy.deepcopy((seed or {}).get('identities') or {})}
+    _rebuild_endpoint_records(model, doc, seed, node_used or {})
+    return doc
+
+
+def _rebuild_endpoint_records(model, doc, seed, node_used):
+    cluster = model.get('cluster') or {}
+    flt = identity.label_filter(model)
+    wanted = identity.model_endpoint_labels(model, [n for n in doc['nodes'] if n in model['nodes']])
+    for n in sorted(doc['nodes'], key=natural_key):
+        old = ((seed or {}).get('nodes') or {}).get(n) or {}
+        if old.get('endpoints'):
+            doc['nodes'][n]['endpoints'] = copy.deepcopy(old['endpoints'])
+        if n in node_used:
+            identity.record_endpoints(doc, n, node_used[n], cluster.get('id', 0), cluster.get('name'), flt,
+                                      wanted.get(n))
 
 
 def rebuild_inputs(model, reports, allow_missing=False):
@@ -690,7 +715,6 @@ def plan_rebuild(current, rebuilt, force=False):
                         % ', '.join(differ[:8] + (['...'] if len(differ) > 8 else [])))
     out = dict(rebuilt)
     out['serial'] = max(rebuilt['serial'], int(doc.get('serial') or 0) + 1)
-    out['identities'] = doc.get('identities') or {}
     return out
 
 

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The durable, cluster-wide ledger (DESIGN.md section 6).
 
-The ledger is the one record of cluster-wide allocations (pod CIDRs now, identities later).
+The ledger is the one record of cluster-wide allocations (pod CIDRs, security identities).
 It lives outside any playbook run because AWX runs every job in a throwaway container, and it
 must never hand one CIDR to two nodes, also when two jobs or two AWX slices run at once.
 
@@ -26,6 +26,9 @@ The document::
                          "cidrs": {"ipv4": ["10.0.0.0/24"], "ipv6": []},
                          "pools": {}, "allocated_at": 3}},
      "identities": {}}
+
+``identities`` (security identities) and each node entry's ``endpoints`` (which endpoint holds
+which addresses, identity and endpoint id) are identity.py's; a ledger without them reads as empty.
 
 ``serial`` is owned by the ledger: ``update`` bumps it by one whenever the content changes and
 writes nothing when it does not, so a no-op run leaves the file (and its mtime) alone.

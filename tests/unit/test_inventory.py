@@ -196,9 +196,11 @@ def test_lab_base_model():
                     # derived once, for the roles: see inventory._derive_routing
                     'routes': True, 'link_kinds': ['vxlan'], 'bgp': None, 'overhead': 50},
         'eni': None,
-        'policy': {},
+        'policy': {'rules': []},
+        'datapath': {'enabled': True, 'host_routing': 'bpf',
+                     'label_filter': list(inventory.DEFAULT_LABEL_FILTER)},
         'nodes': dict(('node%d' % i, {'node_ip': '192.168.50.%d' % (10 + i), 'node_device': None,
-                                      'labels': {}, 'pod_cidrs': [], 'instance': None})
+                                      'labels': {}, 'pod_cidrs': [], 'instance': None, 'endpoints': []})
                       for i in (1, 2, 3)),
     }
 
@@ -260,13 +262,43 @@ def test_cidrs_and_addresses_are_canonical():
     assert model['ipam']['cluster_pool']['ipv6']['cidrs'] == ['fd00::/104']
     assert model['nodes']['node1'] == {
         'node_ip': '192.168.50.11', 'node_device': 'eth1', 'labels': {'topology.kubernetes.io/zone': 'a'},
-        'pod_cidrs': [], 'instance': None}
+        'pod_cidrs': [], 'instance': None, 'endpoints': []}
 
 
-def test_policy_is_passed_through():
-    rules = [{'selector': {'app': 'web'}, 'ingress': [{'from': {'app': 'client'}}]}]
-    model = inventory.validate({'podnet_policy': {'rules': rules, 'other': 1}}, NODES)
-    assert model['policy'] == {'rules': rules, 'other': 1}
+def test_policy_rules_are_normalized():
+    rules = [{'name': 'web', 'endpoint_selector': {'app': 'web'},
+              'ingress': [{'from_endpoints': [{'app': 'client'}], 'to_ports': [{'port': '80', 'protocol': 'TCP'}]}],
+              'egress_deny': [{'to_cidrs': ['192.0.2.0/24'], 'icmps': [{'type': 8}]}]}]
+    model = inventory.validate({'podnet_policy': {'rules': rules}}, NODES)
+    assert model['policy'] == {'rules': [{
+        'name': 'web', 'endpoint_selector': {'app': 'web'},
+        'ingress': [{'from_endpoints': [{'app': 'client'}], 'from_entities': [], 'from_cidrs': [],
+                     'to_ports': [{'port': 80, 'end_port': None, 'protocol': 'tcp'}], 'icmps': []}],
+        'ingress_deny': [], 'egress': [],
+        'egress_deny': [{'to_endpoints': [], 'to_entities': [], 'to_cidrs': ['192.0.2.0/24'], 'to_ports': [],
+                         'icmps': [{'type': 8, 'family': 4}]}]}]}
+
+
+def test_endpoints_and_datapath_defaults():
+    nodes = {'node1': {'podnet_node_ip': '192.168.50.11',
+                       'podnet_endpoints': [{'name': 'web-1', 'labels': {'app': 'web'}},
+                                            {'name': 'db-0', 'namespace': 'data'}]}}
+    model = inventory.validate({'podnet_datapath': {'host_routing': 'kernel', 'label_filter': ['!build-id']}}, nodes)
+    assert model['nodes']['node1']['endpoints'] == [
+        {'name': 'web-1', 'namespace': 'default', 'labels': {'app': 'web'}},
+        {'name': 'db-0', 'namespace': 'data', 'labels': {}}]
+    assert model['datapath'] == {'enabled': True, 'host_routing': 'kernel', 'label_filter': ['!build-id']}
+
+
+def test_endpoints_fill_the_node_cidr_but_the_router_and_health_endpoint():
+    cluster = {'podnet_ipam': {'cluster_pool': {'ipv4': {'cidrs': ['10.244.0.0/16'], 'mask_size': 28}}}}
+    nodes = {'node1': {'podnet_node_ip': '192.168.50.11',
+                       'podnet_endpoints': [{'name': 'e%d' % i} for i in range(12)]}}
+    inventory.validate(cluster, nodes)    # /28: 16 - network, broadcast, router = 13; 12 + health
+    nodes['node1']['podnet_endpoints'].append({'name': 'one-more'})
+    assert errors_of(cluster, nodes) == [
+        "node1: podnet_endpoints: 13 endpoints do not fit the node's IPv4 pod CIDR (mask_size 28: 13 endpoint "
+        "addresses, one of them the health endpoint's): at most 12"]
 
 
 def test_eni_is_none_outside_eni_mode():
@@ -384,9 +416,11 @@ def test_module_is_python38_compatible():
                 a.name for a in node.names]
             for name in names:
                 assert name in ('__future__', 'difflib', 'ipaddress', 're',
-                                'ansible_collections.podnet.fabric.plugins.module_utils'), name
+                                'ansible_collections.podnet.fabric.plugins.module_utils',
+                                'ansible_collections.podnet.fabric.plugins.module_utils.ipam'), name
             if isinstance(node, ast.ImportFrom) and node.module.startswith('ansible_collections'):
-                assert [a.name for a in node.names] == ['tunnel'], 'only the tunnel facts, which import nothing'
+                assert [a.name for a in node.names] in (['tunnel'], ['cidr']), \
+                    'only the tunnel facts and the CIDR sizes, which import only the standard library'
 
 
 # ---------------------------------------------------------------------------------------------

@@ -439,6 +439,38 @@ def test_rebuild_from_leases_roundtrip():
     assert cidr_of(doc5, 'node5') == ['10.244.4.0/24']
 
 
+def test_rebuild_restores_endpoint_records_from_the_nodes_stores():
+    from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
+    model = make_model(names(2))
+    model['nodes']['node1']['endpoints'] = [{'name': 'web-1', 'namespace': 'default', 'labels': {'app': 'web'}}]
+    doc = copy.deepcopy(ipam_plan.plan_cluster(model, empty_doc(), names(2))[0])
+    # what ipam_endpoint recorded, one endpoint at a time: the health endpoints first (site.yml), then the rest
+    stores = {'node1': {'10.244.0.2': {'owner': 'podnet-health'}},
+              'node2': {'10.244.1.2': {'owner': 'podnet-health'}}}
+    flt = identity.label_filter(model)
+    for n in names(2):
+        identity.record_endpoints(doc, n, stores[n], 0, 'lab', flt)
+    stores['node1']['10.244.0.3'] = {'owner': 'default/web-1'}
+    stores['node2']['10.244.1.3'] = {'owner': 'default/b'}
+    stores['node2']['10.244.1.4'] = {'owner': 'default/a'}
+    for n in names(2):
+        identity.record_endpoints(doc, n, stores[n], 0, 'lab', flt, identity.model_endpoint_labels(model, [n])[n])
+    leases = dict((n, ipam_lease.node_lease(doc, n)) for n in names(2))
+    # a lost ledger: the records come back from the stores (ids: the health endpoint first, then by name)
+    rebuilt = ipam_plan.rebuild_from_leases(model, leases, node_used=stores)
+    assert identity.endpoint_records(rebuilt['nodes']['node1']) == identity.endpoint_records(doc['nodes']['node1'])
+    assert {k: r['ep_id'] for k, r in identity.endpoint_records(rebuilt['nodes']['node2']).items()} == {
+        'podnet-health': 1, 'default/a': 2, 'default/b': 3}
+    assert identity.Table(rebuilt, 0).by_labels == identity.Table(doc, 0).by_labels
+    # seeded with a ledger that agrees, the rebuild is that ledger: nothing to write
+    seeded = ipam_plan.rebuild_from_leases(model, leases, node_used=stores, seed=doc)
+    assert seeded['nodes'] == doc['nodes'] and seeded['identities'] == doc['identities']
+    assert ipam_plan.plan_rebuild({'state': 'valid', 'doc': doc, 'error': None}, seeded) is None
+    # a node whose report has no node_used (an older ipam_node_info) keeps the seed's records
+    partial = ipam_plan.rebuild_from_leases(model, leases, node_used={'node1': stores['node1']}, seed=doc)
+    assert partial['nodes']['node2']['endpoints'] == doc['nodes']['node2']['endpoints']
+
+
 def test_rebuild_conflict_names_both_nodes_and_cidr():
     leases = {'node1': {'cluster': 'lab', 'node': 'node1', 'ip': '192.168.50.10',
                         'cidrs': {'ipv4': ['10.244.1.0/24'], 'ipv6': []}, 'pools': {}},
@@ -544,7 +576,9 @@ def test_plan_rebuild_missing_torn_valid():
     other['identities'] = {'k': 1}
     with pytest.raises(IpamError, match=r'differs from the nodes\' leases for node2; .*ledger_rebuild_force=true'):
         ipam_plan.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt)
-    forced = ipam_plan.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, rebuilt, force=True)
+    # the ledger being replaced seeds the rebuild: its identities stay
+    seeded = ipam_plan.rebuild_from_leases(model, dict((n, ipam_lease.node_lease(doc, n)) for n in names(2)), seed=other)
+    forced = ipam_plan.plan_rebuild({'state': 'valid', 'doc': other, 'error': None}, seeded, force=True)
     assert forced['nodes'] == rebuilt['nodes'] and forced['serial'] == 10 and forced['identities'] == {'k': 1}
     with pytest.raises(IpamError, match='no node holds a lease'):
         ipam_plan.plan_rebuild({'state': 'missing', 'doc': None, 'error': None}, dict(rebuilt, nodes={}))

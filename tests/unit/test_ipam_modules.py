@@ -176,7 +176,7 @@ def test_ipam_node_info_reports_lease_and_use_and_never_fails_on_bad_files(run, 
     lp, sp = tmp_path / 'lease.json', tmp_path / 'endpoints.json'
     args = {'lease_path': str(lp), 'store_path': str(sp)}
     r = run('ipam_node_info', args)
-    assert r == dict(r, changed=False, lease=None, lease_error=None, usage={}, addresses=[], store_error=None)
+    assert r == dict(r, changed=False, lease=None, lease_error=None, usage={}, addresses=[], node_used={}, store_error=None)
     lp.write_text(json.dumps(lease()))
     used = {'10.244.1.3': {'owner': 'b'}, '10.244.1.2': {'owner': 'a'}, '10.244.1.10': {'owner': 'c', 'pool': 'gpu'}}
     sp.write_text(json.dumps({'version': 1, 'used': used}))
@@ -184,6 +184,7 @@ def test_ipam_node_info_reports_lease_and_use_and_never_fails_on_bad_files(run, 
     assert r['lease'] == lease() and r['lease_error'] is None and not r['changed']
     assert r['usage'] == {'default': {'ipv4': 2}, 'gpu': {'ipv4': 1}}
     assert r['addresses'] == ['10.244.1.2', '10.244.1.3', '10.244.1.10']
+    assert r['node_used'] == {'10.244.1.2': {'owner': 'a'}, '10.244.1.3': {'owner': 'b'}, '10.244.1.10': {'owner': 'c'}}
     lp.write_bytes(b'\x00garbage')
     sp.write_text('[]')
     r = run('ipam_node_info', args)
@@ -339,7 +340,7 @@ def test_record_use_writes_pools_used_and_heals_from_the_whole_store(tmp_path):
     led.update(lambda doc: dict(doc, nodes={'node1': {'ip': '192.168.50.11', 'cidrs': {'ipv4': ['10.0.0.0/24']}}}))
     model = _model('cluster-pool', path)
     rec = ipam_controller.record_use(model, 'node1', {'default': {'ipv4': 2, 'ipv6': 0}}, {})
-    assert rec == {'updated': True, 'location': path, 'record': 'pools_used'}
+    assert rec == {'updated': True, 'location': path, 'record': 'pools_used, endpoints'}
     assert led.read()['nodes']['node1']['pools_used'] == {'default': {'ipv4': 2}}
     serial = led.read()['serial']
     assert not ipam_controller.record_use(model, 'node1', {'default': {'ipv4': 2}}, {})['updated']
@@ -357,11 +358,62 @@ def test_record_use_in_crd_mode_writes_status_ipam_used(tmp_path):
     led.update_node_doc('node1', lambda d: dict(d, spec={'ipam': {'pool': {'10.1.0.0/28': {}}}}))
     used = {'10.1.0.2': {'owner': 'default/a', 'pool': 'crd'}}
     rec = ipam_controller.record_use(_model('crd', path), 'node1', {'crd': {'ipv4': 1}}, used)
-    assert rec['updated'] and rec['record'] == 'status.ipam.used' and rec['location'] == led.node_doc_path('node1')
+    assert rec['updated'] and rec['record'] == 'status.ipam.used, endpoints' and rec['location'] == led.node_doc_path('node1')
     doc = led.read_node_doc('node1')
     assert doc['status']['ipam']['used'] == {'10.1.0.2': {'owner': 'default/a'}}
     assert doc['spec']['ipam']['pool'] == {'10.1.0.0/28': {}}   # the external allocator's part is kept
     assert not ipam_controller.record_use(_model('crd', path), 'node1', {}, used)['updated']
+
+
+def test_record_use_records_each_endpoints_name_addresses_identity_and_id(tmp_path):
+    from ansible_collections.podnet.fabric.plugins.plugin_utils import identity, inventory
+    path = str(tmp_path / 'ledger.json')
+    led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='lab')
+    led.update(lambda doc: dict(doc, nodes={'node1': {'ip': '192.168.50.11', 'cidrs': {'ipv4': ['10.0.0.0/24']}}}))
+    model = inventory.validate(
+        {'podnet_cluster': {'name': 'lab'}, 'podnet_ipam': {'ledger': {'backend': 'file', 'path': path}}},
+        {'node1': {'podnet_node_ip': '192.168.50.11',
+                   'podnet_endpoints': [{'name': 'web-1', 'labels': {'app': 'web', 'pod-template-hash': 'x1'}}]}})
+    used = {'10.0.0.2': {'owner': 'default/web-1'}, '10.0.0.3': {'owner': 'podnet-health'},
+            '10.0.0.4': {'owner': 'tools/probe'}}
+    rec = ipam_controller.record_use(model, 'node1', {'default': {'ipv4': 3}}, used,
+                                     current=('tools/probe', {'role': 'probe'}))
+    assert rec['updated'] and rec['record'] == 'pools_used, endpoints'
+    doc = led.read()
+    table = identity.Table(doc, 0)
+    records = identity.endpoint_records(doc['nodes']['node1'])
+    assert records['podnet-health'] == {'ep_id': 1, 'identity': identity.HEALTH, 'ips': ['10.0.0.3']}
+    assert records['default/web-1']['ips'] == ['10.0.0.2'] and records['default/web-1']['ep_id'] == 2
+    # the inventory's labels, filtered (pod-template-hash is not identity-relevant)
+    assert table.labels_of[records['default/web-1']['identity']] == (
+        'app=web', 'io.cilium.k8s.policy.cluster=lab', 'io.kubernetes.pod.namespace=default')
+    # an endpoint the inventory does not list: the task's labels
+    assert table.labels_of[records['tools/probe']['identity']] == (
+        'io.cilium.k8s.policy.cluster=lab', 'io.kubernetes.pod.namespace=tools', 'role=probe')
+    serial = doc['serial']
+    assert not ipam_controller.record_use(model, 'node1', {'default': {'ipv4': 3}}, used)['updated']
+    assert led.read()['serial'] == serial
+    # the endpoint's addresses are released: its record goes, the others keep their ids
+    del used['10.0.0.2']
+    assert ipam_controller.record_use(model, 'node1', {'default': {'ipv4': 2}}, used)['updated']
+    assert sorted(identity.endpoint_records(led.read()['nodes']['node1'])) == ['podnet-health', 'tools/probe']
+
+
+def test_record_use_in_crd_mode_records_endpoints_in_the_ledger_and_eni_mode_records_nothing(tmp_path):
+    from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
+    path = str(tmp_path / 'ledger.json')
+    led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='lab')
+    led.update(lambda doc: dict(doc, nodes={'node1': {'ip': '192.168.50.11', 'cidrs': {'ipv4': ['10.1.0.0/28']}}}))
+    led.update_node_doc('node1', lambda d: dict(d, spec={'ipam': {'pool': {'10.1.0.0/28': {}}}}))
+    used = {'10.1.0.2': {'owner': 'podnet-health'}}
+    rec = ipam_controller.record_use(_model('crd', path), 'node1', {'crd': {'ipv4': 1}}, used)
+    assert rec['updated'] and rec['record'] == 'status.ipam.used, endpoints'
+    assert identity.endpoint_records(led.read()['nodes']['node1']) == {
+        'podnet-health': {'ep_id': 1, 'identity': identity.HEALTH, 'ips': ['10.1.0.2']}}
+    serial = led.read()['serial']
+    assert ipam_controller.record_use(_model('eni', path), 'node1', {}, {}) == {
+        'updated': False, 'location': path, 'record': None}
+    assert led.read()['serial'] == serial
 
 
 # ----------------------------------------------------------------------------------------------

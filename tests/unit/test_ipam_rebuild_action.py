@@ -117,3 +117,17 @@ def test_a_readable_ledger_that_differs_needs_force_and_a_silent_node_needs_allo
     r = rebuild({'reports': other, 'model': m, 'allow_missing': True, 'force': True})
     assert r['changed'] and sorted(r['nodes']) == ['node1', 'node2'], r
     assert any('node3: did not report its lease; left out' in str(w) for w in r['warnings'])
+
+
+def test_the_endpoint_records_come_back_from_the_stores_and_a_second_rebuild_changes_nothing(ledger_path):
+    m = model(ledger_path)
+    _doc, reports = reports_for(m)
+    for i, n in enumerate(sorted(reports)):
+        reports[n]['node_used'] = {'10.244.%d.2' % i: {'owner': 'podnet-health'}}
+    r = rebuild({'reports': reports, 'model': m})
+    assert r['changed'], r
+    with open(ledger_path) as f:
+        written = json.load(f)
+    assert written['nodes']['node2']['endpoints'] == {'podnet-health': {'ep_id': 1, 'identity': 4, 'ips': ['10.244.1.2']}}
+    r = rebuild({'reports': reports, 'model': m})
+    assert not r['changed'] and 'nothing written' in r['msg'], r
