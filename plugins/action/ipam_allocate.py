@@ -9,6 +9,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as ipam_cidr
 from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_plan
 from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controller as ctl
 
@@ -82,6 +83,7 @@ class ActionModule(ctl.IpamAction):
             changed=bool(changed),
             allocations=allocations,
             nodes=ipam_lease.node_map(after),
+            endpoints=dict((n, identity.endpoint_records(e)) for n, e in (after.get('nodes') or {}).items()),
             changes=changes,
             waiting=waiting,
             ledger={'backend': led.backend, 'location': led.location, 'serial': after.get('serial', 0)},

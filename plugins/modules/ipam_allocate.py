@@ -108,6 +108,15 @@ nodes:
   type: dict
   sample: {node1: {node_ip: 192.168.50.11, pod_cidrs: {ipv4: [10.244.0.0/24], ipv6: []}},
            node2: {node_ip: 192.168.50.12, pod_cidrs: {ipv4: [10.244.1.0/24], ipv6: []}}}
+endpoints:
+  description:
+    - The endpoint records of every node the ledger holds, as the nodes' C(ipam_endpoint) runs recorded
+      them; per node, per endpoint (C(<namespace>/<name>), or C(podnet-health)) its endpoint id, security
+      identity and addresses. C(verify.yml) probes the health endpoints at these addresses, read from
+      the ledger rather than from other hosts' variables.
+  returned: success
+  type: dict
+  sample: {node1: {podnet-health: {ep_id: 1, identity: 4, ips: [10.244.0.2]}}}
 changes:
   description: What the plan did, each with C(action) (allocated, released, recorded, updated, note,
     warning), a readable C(msg) and structured fields.
