@@ -68,6 +68,9 @@ def drops(metrics):
     """The metrics map's entries (bpf_maps canonical) -> (drops, forwarded), each sorted by
     packets, most first. A policy drop names its rule (0: default deny)."""
     entries = list(metrics.values()) if isinstance(metrics, dict) else list(metrics or [])
-    key = (lambda e: (-e['packets'], e['reason'], e['direction'], e['rule']))
+
+    def key(e):
+        return (-e['packets'], e['reason'], e['direction'], e['rule'])
+
     return (sorted([e for e in entries if e['reason'] != 0], key=key),
             sorted([e for e in entries if e['reason'] == 0], key=key))

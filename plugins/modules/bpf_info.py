@@ -18,7 +18,7 @@ description:
   - podnet's programs are those pinned under O(pin_root)C(/programs/), and any program with one of
     podnet's program names attached at a tc hook (one from before the last reload, on a device not
     yet updated, has C(current) false). podnet's maps are those pinned directly under O(pin_root).
-  - Answers "why was this dropped": each drop counter names its reason, the endpoint's direction
+  - Answers why a packet was dropped. Each drop counter names its reason, the endpoint's direction
     and, for a policy drop, the rule (C(rule) 0 is the default deny of an endpoint a rule selects).
 author:
   - podnet.fabric maintainers (@podnet)

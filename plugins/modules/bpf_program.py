@@ -16,7 +16,7 @@ description:
     podnet's fixed priority 1 and handle 1. A reload replaces the program there in one netlink
     replace, so the hook never holds a second copy and packets never meet an empty hook.
   - The C sources are the collection's C(bpf/) directory, compiled on the node by bcc. A source file
-    is the unit of compilation (C(bpf_lxc.c) holds C(from_container) and C(to_container)): one
+    is the unit of compilation (C(bpf_lxc.c) holds C(from_container) and C(to_container)); one
     compile loads all of its programs and pins each under O(pin_root)C(/programs/). Attaching a
     program to another device reuses the pinned program without compiling.
   - The file is compiled only when the hash of its expanded text, O(defines) and O(pin_root)
@@ -50,7 +50,7 @@ options:
   defines:
     description:
       - Node-level C(#define)s for the compile, name to value (an integer or a single token), for
-        example C({CT_LIFETIME_NONTCP: 60}). Per-endpoint facts belong in the maps, never here.
+        example C(CT_LIFETIME_NONTCP=60). Per-endpoint facts belong in the maps, never here.
       - They apply to the source file, so give the programs of one file the same defines (otherwise
         each run recompiles the file for the other).
       - The loader sets C(PODNET_PIN_ROOT) from O(pin_root) itself.

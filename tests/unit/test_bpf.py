@@ -70,6 +70,11 @@ def test_port_blocks_cover_the_range_exactly_with_aligned_blocks(lo, hi):
 
 # ---------------------------------------------------------------- normalize / encode / decode
 
+def one(entries):
+    assert len(entries) == 1, entries
+    return list(entries.values())[0]
+
+
 def policy(**kw):
     e = {'ep_id': 7, 'direction': 'ingress', 'identity': 261, 'protocol': 'tcp', 'port': 80, 'verdict': 'allow', 'rule': 3}
     e.update(kw)
@@ -91,7 +96,7 @@ def test_policy_range_becomes_one_entry_per_prefix_block():
     (policy(protocol='icmpv6', port=None), 72, b'\x00\x00'),
 ])
 def test_policy_key_bytes(entry, prefixlen, dport):
-    (canon,) = bm.normalize('policy', [entry]).values()
+    canon = one(bm.normalize('policy', [entry]))
     key, value = bm.encode('policy', canon)
     assert len(key) == 16 and len(value) == 4
     k = bm.PolicyKey.from_buffer_copy(key)
@@ -129,17 +134,16 @@ def test_round_trip(name, entry):
 
 
 def test_normalize_is_canonical():
-    (e,) = bm.normalize('ipcache', [{'prefix': '10.244.1.5', 'identity': 260}]).values()
+    e = one(bm.normalize('ipcache', [{'prefix': '10.244.1.5', 'identity': 260}]))
     assert e == {'prefix': '10.244.1.5/32', 'identity': 260, 'tunnel_endpoint': None, 'local': False}
-    (e,) = bm.normalize('endpoints', [{'address': '10.244.1.5', 'ifindex': 3, 'ep_id': 1, 'identity': 260}]).values()
+    e = one(bm.normalize('endpoints', [{'address': '10.244.1.5', 'ifindex': 3, 'ep_id': 1, 'identity': 260}]))
     assert e['mac'] == e['node_mac'] == '00:00:00:00:00:00' and e['enforce_ingress'] is False
 
 
 def test_endpoint_device_resolution():
     def resolve(name):
         return (9, '02:00:00:00:00:09') if name == 'lxcabc' else None
-    (e,) = bm.normalize('endpoints', [{'address': '10.0.0.9', 'device': 'lxcabc', 'ep_id': 3, 'identity': 300}],
-                        resolve).values()
+    e = one(bm.normalize('endpoints', [{'address': '10.0.0.9', 'device': 'lxcabc', 'ep_id': 3, 'identity': 300}], resolve))
     assert e['ifindex'] == 9 and e['node_mac'] == '02:00:00:00:00:09'
     with pytest.raises(bm.BpfMapError, match=r'entries\[0\]\.device: lxcnope does not exist on this node'):
         bm.normalize('endpoints', [{'address': '10.0.0.9', 'device': 'lxcnope', 'ep_id': 3, 'identity': 300}], resolve)
@@ -422,3 +426,11 @@ def test_info_maps_and_drops():
          'c': {'reason': 130, 'direction': 'egress', 'rule': 0, 'packets': 4}}
     drops, fwd = bpf_info.drops(m)
     assert [d['reason'] for d in drops] == [130, 131] and [f['packets'] for f in fwd] == [9]
+
+
+def test_the_action_plugin_reads_the_repo_bpf_directory():
+    from ansible_collections.podnet.fabric.plugins.action import bpf_program as action
+    assert os.path.samefile(action.BPF_DIR, os.path.join(REPO, 'bpf'))
+    assert bpf.read_sources(action.BPF_DIR) == SOURCES
+    assert set(SOURCES) == {'bpf_lxc.c', 'bpf_netdev.c', 'bpf_overlay.c', 'lib/common.h', 'lib/conntrack.h',
+                            'lib/ipcache.h', 'lib/maps.h', 'lib/metrics.h', 'lib/policy.h'}
