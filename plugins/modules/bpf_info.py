@@ -39,6 +39,7 @@ attributes:
     description: Reads only; the same in check mode.
   diff_mode:
     support: none
+    description: Reports state; nothing to diff.
 '''
 
 EXAMPLES = r'''
