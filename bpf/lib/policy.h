@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /* Per-endpoint policy: two LPM lookups, the peer's identity and the wildcard identity 0. A deny
- * from either wins, then an allow from either; nothing matched means "no verdict" and the caller
- * applies the endpoint's default (deny once a rule selects it in that direction). The controller
- * emits entries so that within one identity the longest match is already right. */
+ * from either wins, then an allow from either (the lower rule number when both say so); nothing
+ * matched means "no verdict" and the caller applies the endpoint's default (deny once a rule
+ * selects it in that direction). The controller emits entries so that within one identity the
+ * longest match is already right. */
 #ifndef PODNET_POLICY_H
 #define PODNET_POLICY_H
 
@@ -11,6 +12,8 @@ static __always_inline __u8 policy_verdict(__u16 ep_id, __u8 direction, __u32 id
 {
 	struct policy_key key = {};
 	struct policy_value *peer, *any;
+	__u8 pv, av, verdict;
+	__u16 rule;
 
 	key.prefixlen = POLICY_PREFIX_FULL;
 	key.ep_id = ep_id;
@@ -25,24 +28,23 @@ static __always_inline __u8 policy_verdict(__u16 ep_id, __u8 direction, __u32 id
 	key.identity = 0;
 	any = pn_policy.lookup(&key);
 
-	if (peer && peer->verdict == VERDICT_DENY) {
-		*rule_id = peer->rule_id;
-		return VERDICT_DENY;
-	}
-	if (any && any->verdict == VERDICT_DENY) {
-		*rule_id = any->rule_id;
-		return VERDICT_DENY;
-	}
-	if (peer && peer->verdict == VERDICT_ALLOW) {
-		*rule_id = peer->rule_id;
-		return VERDICT_ALLOW;
-	}
-	if (any && any->verdict == VERDICT_ALLOW) {
-		*rule_id = any->rule_id;
-		return VERDICT_ALLOW;
-	}
-	*rule_id = 0;
-	return VERDICT_NONE;
+	pv = peer ? peer->verdict : VERDICT_NONE;
+	av = any ? any->verdict : VERDICT_NONE;
+	if (pv == VERDICT_DENY || av == VERDICT_DENY)
+		verdict = VERDICT_DENY;
+	else if (pv == VERDICT_ALLOW || av == VERDICT_ALLOW)
+		verdict = VERDICT_ALLOW;
+	else
+		verdict = VERDICT_NONE;
+	/* When both lookups give the verdict, the lower rule number is reported (the controller's
+	 * model reports the first rule of the winning kind). */
+	rule = 0xFFFF;
+	if (verdict != VERDICT_NONE && pv == verdict)
+		rule = peer->rule_id;
+	if (verdict != VERDICT_NONE && av == verdict && any->rule_id < rule)
+		rule = any->rule_id;
+	*rule_id = verdict == VERDICT_NONE ? 0 : rule;
+	return verdict;
 }
 
 #endif

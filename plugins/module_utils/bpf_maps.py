@@ -301,8 +301,12 @@ def _dec_ipcache(k, v):
 # ------------------------------------------------------------------------------ endpoints
 
 def _norm_endpoint(entry, where, resolve_device):
-    _check_keys(entry, ('address', 'ifindex', 'device', 'ep_id', 'identity', 'mac', 'node_mac',
+    # `name` (the endpoint's, as datapath_plan gives it) only names the entry in messages: the map
+    # has no room for it.
+    _check_keys(entry, ('name', 'address', 'ifindex', 'device', 'ep_id', 'identity', 'mac', 'node_mac',
                         'enforce_ingress', 'enforce_egress'), where)
+    if entry.get('name'):
+        where = '%s (%s)' % (where, entry['name'])
     try:
         addr = ipaddress.ip_address(str(_required(entry, 'address', where)).strip())
     except ValueError:

@@ -39,7 +39,8 @@ options:
         (IPv4 of the node behind a tunnel, or null), C(local) (the address is an endpoint of this node)."
       - "C(endpoints): C(address), C(ifindex) or C(device) (the host side of the endpoint's veth), C(ep_id)
         (1-65535), C(identity), C(mac), C(node_mac) (default: the device's MAC when C(device) is
-        given), C(enforce_ingress), C(enforce_egress)."
+        given), C(enforce_ingress), C(enforce_egress); C(name), the endpoint's, only names the entry
+        in messages."
       - "C(policy): C(ep_id), C(direction) (ingress or egress), C(identity) (the peer's; 0 = any),
         C(protocol) (tcp, udp, sctp, icmp, icmpv6 or any), C(port) and optional C(end_port) (a range,
         decomposed here into aligned prefix blocks, one map key each; no port = every port),

@@ -147,6 +147,11 @@ def test_endpoint_device_resolution():
     assert e['ifindex'] == 9 and e['node_mac'] == '02:00:00:00:00:09'
     with pytest.raises(bm.BpfMapError, match=r'entries\[0\]\.device: lxcnope does not exist on this node'):
         bm.normalize('endpoints', [{'address': '10.0.0.9', 'device': 'lxcnope', 'ep_id': 3, 'identity': 300}], resolve)
+    # datapath_plan's endpoint entries carry the endpoint's name: it names the entry, nothing more.
+    named = {'name': 'web-1', 'address': '10.0.0.9', 'device': 'lxcabc', 'ep_id': 3, 'identity': 300}
+    assert one(bm.normalize('endpoints', [named], resolve)) == e
+    with pytest.raises(bm.BpfMapError, match=r'entries\[0\] \(web-1\)\.device: lxcnope does not exist'):
+        bm.normalize('endpoints', [dict(named, device='lxcnope')], resolve)
 
 
 @pytest.mark.parametrize('name, entries, error', [
@@ -434,3 +439,72 @@ def test_the_action_plugin_reads_the_repo_bpf_directory():
     assert bpf.read_sources(action.BPF_DIR) == SOURCES
     assert set(SOURCES) == {'bpf_lxc.c', 'bpf_netdev.c', 'bpf_overlay.c', 'lib/common.h', 'lib/conntrack.h',
                             'lib/ipcache.h', 'lib/maps.h', 'lib/metrics.h', 'lib/policy.h'}
+
+
+# ---------------------------------------------------------------- the contract, end to end (pure)
+# The controller's compiled entries (plugin_utils.policy), through this encoder, looked up the way
+# bpf/lib/policy.h does (longest prefix over the key's bytes, the peer's identity and 0, deny first,
+# the lower rule) give the controller's own verdicts.
+
+def _lpm(table, key):
+    data, best = key[4:], None
+    for k, v in table:
+        plen = int.from_bytes(k[:4], 'little')
+        whole, bits = divmod(plen, 8)
+        if k[4:4 + whole] != data[:whole]:
+            continue
+        if bits and (k[4 + whole] ^ data[whole]) >> (8 - bits):
+            continue
+        if best is None or plen > best[0]:
+            best = (plen, bm.PolicyValue.from_buffer_copy(v))
+    return best[1] if best else None
+
+
+def _datapath(table, ep_id, direction, peer, protocol, port, icmp_type, enforced):
+    k = bm.PolicyKey(prefixlen=88, ep_id=ep_id, direction=bm.DIRECTIONS.index(direction), identity=peer,
+                     protocol=bm.PROTOCOLS[protocol])
+    ctypes.memmove(k.dport, bm._port_bytes((icmp_type << 8) if protocol in bm.ICMP_PROTOCOLS else port), 2)
+    found = [_lpm(table, bytes(k))]
+    k.identity = 0
+    found.append(_lpm(table, bytes(k)))
+    for verdict, name in ((2, 'deny'), (1, 'allow')):
+        rules = [v.rule_id for v in found if v is not None and v.verdict == verdict]
+        if rules:
+            return name, min(rules)
+    return ('deny', 'default deny') if enforced else ('allow', None)
+
+
+def test_controller_entries_encoded_here_give_the_controllers_verdicts():
+    from ansible_collections.podnet.fabric.plugins.plugin_utils import inventory, policy
+
+    web, client, db = 256, 257, 258
+    peers = policy.Peers({web: {'app': 'web'}, client: {'app': 'client'}, db: {'app': 'db'}}, {(1 << 24) | 1: '10.0.0.0/8'})
+    raw = [
+        {'endpoint_selector': {'app': 'web'},
+         'ingress': [{'from_endpoints': [{'app': 'client'}], 'to_ports': [{'port': 8080, 'end_port': 8090, 'protocol': 'tcp'},
+                                                                          {'port': 53}]},
+                     {'from_entities': ['all'], 'to_ports': [{'port': 9000, 'end_port': 9999, 'protocol': 'tcp'}]},
+                     {'from_endpoints': [{'app': 'client'}], 'icmps': [{'type': 8}]}],
+         'ingress_deny': [{'from_endpoints': [{'app': 'client'}], 'to_ports': [{'port': 9090, 'protocol': 'tcp'}]}]},
+        {'endpoint_selector': {'app': 'client'}, 'egress': [{'to_endpoints': [{'app': 'web'}]}, {'to_cidrs': ['10.0.0.0/8']}],
+         'egress_deny': [{'to_entities': ['world'], 'to_ports': [{'port': 1, 'end_port': 1023}]}]},
+        {'endpoint_selector': {'app': 'db'}, 'ingress': [{'from_entities': ['cluster'], 'to_ports': [{'port': 5432, 'protocol': 'tcp'}]}]},
+    ]
+    rules = inventory.validate({'podnet_policy': {'rules': raw}}, {'n1': {'podnet_node_ip': '192.168.50.11'}})['policy']['rules']
+    compiled = policy.Compiled(rules, peers)
+    probes = [('tcp', p, None) for p in (1, 22, 53, 80, 1023, 1024, 5432, 8079, 8080, 8085, 8090, 8091, 9000, 9090, 9999, 65535)] + \
+             [('udp', p, None) for p in (53, 54, 1000)] + [('icmp', None, t) for t in (0, 8, 3)] + [('icmpv6', None, 128)]
+    seen = set()
+    for ep_id, subject in enumerate((web, client, db), 1):
+        entries = policy.endpoint_entries(compiled, ep_id, subject)
+        enforce = policy.enforcement(compiled, subject)
+        table = [bm.encode('policy', e) for e in bm.normalize('policy', entries).values()]
+        for direction in bm.DIRECTIONS:
+            for peer in (web, client, db, 1, 2, 6, (1 << 24) | 1):
+                for protocol, port, icmp_type in probes:
+                    want = policy.check(compiled, subject, direction, peer, protocol, port, icmp_type)
+                    got = _datapath(table, ep_id, direction, peer, protocol, port, icmp_type, enforce['enforce_' + direction])
+                    assert got == want, (subject, direction, peer, protocol, port, icmp_type)
+                    seen.add(got if got[1] in (None, 'default deny') else got[0])
+    # Not vacuous: allows, denies, default denies and unenforced directions all came up.
+    assert seen == {'allow', 'deny', ('deny', 'default deny'), ('allow', None)}
