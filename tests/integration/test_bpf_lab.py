@@ -120,10 +120,11 @@ for line in sys.stdin:
     except socket.timeout:
         print('timeout', flush=True)
 '''
+# A dropped SYN is counted at once: the connect gives up before the first retransmission.
 ONE_SHOT = r'''
 import socket, sys
 try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5)
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.9)
     c.sendall(b'ping'); ok = c.recv(16) == b'ping'
 except OSError:
     ok = False
