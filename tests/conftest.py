@@ -28,7 +28,7 @@ STRICT = os.environ.get('CI', '').lower() == 'true' or os.environ.get('PODNET_NO
 LONGEST_FIRST = [
     'test_routing_lab.py', 'test_ipam_lab.py', 'test_bgp_lab.py', 'test_ledger_rebuild_lab.py',
     'test_concurrent_runs_lab.py', 'test_kill_points_lab.py', 'test_runner_lab.py', 'test_slices_lab.py', 'test_lab.py',
-    'test_health_lab.py', 'test_masquerade_lab.py', 'test_recovery_routes_lab.py',
+    'test_health_lab.py', 'test_bpf_lab.py', 'test_masquerade_lab.py', 'test_recovery_routes_lab.py',
 ]
 
 
