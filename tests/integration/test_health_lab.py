@@ -61,8 +61,8 @@ def probe_play(outdir):
         'tasks': [{'name': 'Validate', 'podnet.fabric.validate': {}}]}, {
         'name': 'Probe', 'hosts': 'podnet_nodes', 'gather_facts': False,
         'tasks': [
-            {'name': 'Read the ledger', 'ansible.builtin.import_role': {'name': 'podnet.fabric.ipam',
-                                                                          'tasks_from': 'cluster_map'}},
+            {'name': 'Read the ledger',
+             'ansible.builtin.import_role': {'name': 'podnet.fabric.ipam', 'tasks_from': 'cluster_map'}},
             {'name': 'Probe', 'ansible.builtin.import_role': {'name': 'podnet.fabric.health', 'tasks_from': 'probe'},
              'vars': {'health_peers': '{{ ipam_cluster_map.endpoints }}'}, 'ignore_errors': True},
             {'name': 'Keep the result', 'delegate_to': 'localhost', 'check_mode': False,
