@@ -24,9 +24,16 @@ The action plugins run with a real Task and no connection (they never contact a 
 the controller's own cost: no inventory parsing, templating or forking (the ansible-playbook pass has
 those). boto3 is imported before the pass starts (Ansible imports it in each worker the first time).
 
-Beside the pass, not in it: `payload`, the JSON of one node's module arguments (what Ansible ships to
-that node), sampled on up to --sample nodes. It holds the whole node map, so it grows with N per node
-(N^2 for the fleet) by nature: every node routes to every other node.
+Beside the pass, not in it, per node (the same for every node of a run, so sampled):
+- `payload`: the JSON of the node's module arguments (what Ansible ships to it), on up to --sample
+  nodes. It holds the whole node map, so it grows with N per node (N^2 for the fleet) by nature: every
+  node routes to every other node;
+- `templating`: Ansible's own templating of those arguments on --template-sample nodes: the node tasks
+  that take cluster-wide data (NODE_TASKS: ipam_node, routing, masquerade), as roles/ and site.yml
+  write them, templated by ansible-core's Templar with the variables the node sees (role defaults, its
+  host vars, site.yml's role vars, the registered ipam_allocation, localhost's podnet_model; hostvars
+  is a plain dict here, not Ansible's lazy HostVars). In a site run Ansible does this for every node,
+  in its worker processes on the controller.
 
 Configurations, each in fresh processes (children of this script), interleaved in every round:
 - whole/file, whole/s3: one process sees every host;
@@ -239,6 +246,66 @@ def controller_pass(hosts, hostvars):
                                   'pass_s': t3 - t0}
 
 
+# The node tasks that take cluster-wide data: (role, tasks file, module).
+NODE_TASKS = (('ipam', 'main.yml', 'podnet.fabric.ipam_node'),
+              ('routing', 'routes.yml', 'podnet.fabric.routing'),
+              ('routing', 'main.yml', 'podnet.fabric.masquerade'))
+
+
+def _find_task(items, module, scope):
+    """(module arguments, variables of the enclosing blocks and the task) of the first task calling
+    `module` in a task list, or None."""
+    for item in items or []:
+        inner = dict(scope)
+        inner.update(item.get('vars') or {})
+        if module in item:
+            return item[module], inner
+        found = _find_task(item.get('block'), module, inner)
+        if found:
+            return found
+    return None
+
+
+class RoleTemplating(object):
+    """The NODE_TASKS' arguments as written in roles/ and playbooks/site.yml, templated per node with
+    ansible-core's Templar (as its TaskExecutor templates a task's arguments for each host)."""
+
+    def __init__(self):
+        from ansible.parsing.dataloader import DataLoader
+        self.loader = DataLoader()
+
+        def load(rel):      # trusted: these files are the playbook's own, as Ansible trusts them
+            return self.loader.load_from_file(os.path.join(_common.ROOT, rel), trusted_as_template=True)
+        self.base = {}
+        for role in sorted(set(t[0] for t in NODE_TASKS)):
+            self.base.update(load('roles/%s/defaults/main.yml' % role) or {})
+        for play in load('playbooks/site.yml'):
+            for entry in play.get('roles') or []:
+                if entry.get('role') in ['podnet.fabric.' + t[0] for t in NODE_TASKS]:
+                    self.base.update(entry.get('vars') or {})
+        self.tasks = []
+        for role, name, module in NODE_TASKS:
+            found = _find_task(load('roles/%s/tasks/%s' % (role, name)), module, {})
+            if found is None:
+                raise BenchError('roles/%s/tasks/%s: no %s task' % (role, name, module))
+            self.tasks.append((module, found[0], found[1]))
+
+    def node(self, node, host_vars, model, alloc):
+        """{module: (wall s, CPU s)} of templating each task's arguments for `node`."""
+        from ansible.template import Templar
+        out = {}
+        for module, args, scope in self.tasks:
+            variables = dict(self.base)
+            variables.update(host_vars)
+            variables.update(inventory_hostname=node, ipam_allocation=alloc,
+                             hostvars={'localhost': {'podnet_model': model}})
+            variables.update(scope)
+            t0, c0 = time.perf_counter(), time.process_time()
+            Templar(loader=self.loader, variables=variables).template(args)
+            out[module] = (time.perf_counter() - t0, time.process_time() - c0)
+        return out
+
+
 def _maxrss_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -283,10 +350,17 @@ def child(args):
     t0 = time.perf_counter()
     sizes = [len(json.dumps({'ANSIBLE_MODULE_ARGS': a})) for n in sample for a in params[n].values()]
     payload_s = (time.perf_counter() - t0) / len(sample)
+    templating = RoleTemplating()
+    tsample = sample[:max(1, args.template_sample)]
+    per_task = [templating.node(n, hostvars[n], model, alloc) for n in tsample]
+    modules = [t[0] for t in templating.tasks]
     out = dict(times, t_go=t_go, t_end=t_end, cpu_s=cpu, nodes=len(hosts), rss_base_kib=rss_base,
                rss_peak_kib=rss_peak, map_nodes=len(alloc['nodes']), changed=alloc['changed'],
                serial=alloc['ledger']['serial'], conflicts=sum(getattr(led, 'conflicts', 0) for led in opened),
                payload_bytes=sum(sizes) / len(sample), payload_s=payload_s,
+               templating_s=sum(sum(w for w, _c in t.values()) for t in per_task) / len(tsample),
+               templating_cpu_s=sum(sum(c for _w, c in t.values()) for t in per_task) / len(tsample),
+               templating_by_task_s=dict((m, sum(t[m][0] for t in per_task) / len(tsample)) for m in modules),
                allocations=dict((n, (alloc['allocations'][n] or {}).get('cidrs', {}).get('ipv4')) for n in hosts))
     print(json.dumps(out), flush=True)
 
@@ -432,14 +506,15 @@ def _readline(proc, what, timeout=1800):
     return line
 
 
-def run_processes(n, cfg, mode, slices, scratch, sample, env):
+def run_processes(n, cfg, mode, slices, scratch, sample, template_sample, env):
     """One in-process run: 1 process (whole) or `slices` processes (sliced) started together."""
     children = []
     ks = [None] if not slices else list(range(slices))
     try:
         for k in ks:
             argv = [sys.executable, os.path.abspath(__file__), '--child', '--nodes', str(n), '--mode', mode,
-                    '--ledger', json.dumps(cfg), '--scratch', scratch, '--sample', str(sample)]
+                    '--ledger', json.dumps(cfg), '--scratch', scratch, '--sample', str(sample),
+                    '--template-sample', str(template_sample)]
             if k is not None:
                 argv += ['--slice', str(k), '--slices', str(slices)]
             children.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -472,7 +547,9 @@ def run_processes(n, cfg, mode, slices, scratch, sample, env):
 def summarize_processes(n, wall, results, doc_distinct):
     def one(key):       # the slowest process's figure
         return max(r[key] for r in results)
-    return {
+    row = dict(('templating_ms_%s' % m.split('.')[-1], statistics.mean(r['templating_by_task_s'][m] for r in results) * 1e3)
+               for m in results[0]['templating_by_task_s'])
+    row.update({
         'wall_s': wall,
         'per_node_ms': wall / n * 1e3,
         'cpu_per_node_ms': sum(r['cpu_s'] for r in results) / n * 1e3,
@@ -483,12 +560,17 @@ def summarize_processes(n, wall, results, doc_distinct):
         'rss_peak_mib': one('rss_peak_kib') / 1024.0,
         'payload_kib_per_node': statistics.mean(r['payload_bytes'] for r in results) / 1024.0,
         'payload_ms_per_node': statistics.mean(r['payload_s'] for r in results) * 1e3,
+        'templating_ms_per_node': statistics.mean(r['templating_s'] for r in results) * 1e3,
+        'templating_cpu_ms_per_node': statistics.mean(r['templating_cpu_s'] for r in results) * 1e3,
+        # the fleet's: every node's arguments templated once (CPU, spread over Ansible's forks)
+        'templating_fleet_cpu_s': statistics.mean(r['templating_cpu_s'] for r in results) * n,
         'map_nodes_min': min(r['map_nodes'] for r in results),
         'map_nodes_max': max(r['map_nodes'] for r in results),
         'conflicts': sum(r['conflicts'] for r in results),
         'ledger_serial': max(r['serial'] for r in results),
         'distinct_cidrs': doc_distinct,
-    }
+    })
+    return row
 
 
 def write_ansible_inputs(d, n, cfg):
@@ -559,7 +641,7 @@ def run_round(r, sizes, ansible_sizes, configs, big_rounds, tmp, moto, args, sam
                 reported = {}
             else:
                 wall, results = run_processes(n, cfg, mode, SLICES if kind == 'sliced' else 0, tmp,
-                                              args.sample, env)
+                                              args.sample, args.template_sample, env)
                 reported = {}
                 for res in results:
                     reported.update(res['allocations'])
@@ -586,6 +668,7 @@ def main():
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--big-rounds', type=int, help='rounds for the largest size (default: --rounds)')
     ap.add_argument('--sample', type=int, default=20, help='nodes whose module arguments are serialized')
+    ap.add_argument('--template-sample', type=int, default=2, help='nodes whose module arguments Ansible templates')
     ap.add_argument('--no-s3', action='store_true', help='file ledger only')
     ap.add_argument('--quick', action='store_true', help='%s nodes, ansible at %s, %d round, results in build/bench/'
                     % (QUICK['sizes'], QUICK['ansible_sizes'], QUICK['rounds']))
@@ -682,24 +765,36 @@ def report(results, checks, sizes, rounds, big_rounds, args, prov):
           % (' (quick)' if args.quick else '', ', '.join(map(str, sizes)), rounds,
              ' (%d at %d nodes)' % (big_rounds, max(sizes)) if big_rounds < rounds else '', SLICES,
              platform.python_version(), prov['machine']['nproc'], (prov['git']['commit'] or '?')[:10]))
-    hdr = '%-22s %6s %22s %24s %9s %9s %9s %9s %10s %9s %10s'
+    hdr = '%-22s %6s %22s %24s %9s %9s %9s %9s %10s %9s'
     print(hdr % ('config', 'nodes', 'wall s', 'ms/node', 'CPU ms/n', 'validate', 'allocate', 'params',
-                 'heap KiB/n', 'RSS KiB/n', 'payload/n'))
+                 'heap KiB/n', 'RSS KiB/n'))
     for name in CONFIGS + ANSIBLE_CONFIGS:
         for n, row in sorted((results.get(name) or {}).items()):
             def mm(key, fmt):
                 s = row[key]
                 return ('%s (%s-%s)' % (fmt, fmt, fmt)) % (s['median'], s['min'], s['max'])
             if name.startswith('ansible'):
-                print('%-22s %6d %22s %24s %9.3f %39s %9.2f MiB peak RSS' % (
+                print('%-22s %6d %22s %24s %9.3f %29s %9.2f MiB peak RSS' % (
                     name, n, mm('wall_s', '%.3f'), mm('per_node_ms', '%.3f'), row['cpu_per_node_ms']['median'],
                     '', row['rss_peak_mib']['median']))
                 continue
-            print('%-22s %6d %22s %24s %9.3f %9.4f %9.4f %9.4f %10.2f %9.2f %6.1f KiB' % (
+            print('%-22s %6d %22s %24s %9.3f %9.4f %9.4f %9.4f %10.2f %9.2f' % (
                 name, n, mm('wall_s', '%.3f'), mm('per_node_ms', '%.3f'), row['cpu_per_node_ms']['median'],
                 row['validate_s']['median'], row['allocate_s']['median'], row['params_s']['median'],
-                row['heap_per_node_kib']['median'], row['rss_growth_per_node_kib']['median'],
-                row['payload_kib_per_node']['median']))
+                row['heap_per_node_kib']['median'], row['rss_growth_per_node_kib']['median']))
+    print('\nper node, beside the pass: its module arguments as JSON (size, time), and Ansible templating them '
+          '(roles as written; ms per node, the fleet\'s CPU s = N x per node)')
+    hdr2 = '%-22s %6s %12s %10s %12s %10s %10s %10s %12s %14s %9s'
+    print(hdr2 % ('config', 'nodes', 'payload KiB', 'JSON ms', 'templating', 'ipam_node', 'routing', 'masquerade',
+                  'fleet CPU s', 'map held', 'conflicts'))
+    for name in CONFIGS:
+        for n, row in sorted((results.get(name) or {}).items()):
+            med = dict((k, v['median']) for k, v in row.items())
+            print('%-22s %6d %12.1f %10.3f %12.2f %10.2f %10.2f %10.2f %12.1f %14s %9d' % (
+                name, n, med['payload_kib_per_node'], med['payload_ms_per_node'], med['templating_ms_per_node'],
+                med.get('templating_ms_ipam_node', 0), med.get('templating_ms_routing', 0),
+                med.get('templating_ms_masquerade', 0), med['templating_fleet_cpu_s'],
+                '%d-%d' % (med['map_nodes_min'], med['map_nodes_max']), med['conflicts']))
     print('\ntargets: per-node wall time flat within %.0fx (growth = largest per-node(N2)/per-node(N1), N1 < N2); '
           '%d-node pass < %.0f s' % (TARGET_FLAT, TARGET_PASS_N, TARGET_PASS_S))
     for name in CONFIGS + ANSIBLE_CONFIGS:
