@@ -235,8 +235,8 @@ def node_params(model, alloc, cmap, node):
             exclude = [routing['native']['ipv4_cidr']]
         elif ipam['mode'] == 'cluster-pool' and ipam['cluster_pool']['ipv4']:
             exclude = ipam['cluster_pool']['ipv4']['cidrs']
-        else:
-            exclude = sorted(set(c for v in nodes.values() for c in v['pod_cidrs']['ipv4']))
+        else:       # site.yml passes the cluster map's cluster_pod_cidrs (built once by ipam_allocate)
+            exclude = cmap['cluster_pod_cidrs']['ipv4']
         params['masquerade'] = {'state': 'present' if routing['masquerade'] and own else 'absent',
                                 'table': 'podnet', 'pod_cidrs': own, 'exclude': exclude,
                                 'node_ip': me['node_ip']}

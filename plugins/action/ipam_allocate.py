@@ -79,10 +79,12 @@ class ActionModule(ctl.IpamAction):
         for c in changes:
             counts[c['action']] = counts.get(c['action'], 0) + 1
         summary = ', '.join('%d %s' % (counts[k], k) for k in sorted(counts) if k not in ('note', 'warning'))
+        node_map = ipam_lease.node_map(after)
         result.update(
             changed=bool(changed),
             allocations=allocations,
-            nodes=ipam_lease.node_map(after),
+            nodes=node_map,
+            cluster_pod_cidrs=ipam_lease.cluster_pod_cidrs(node_map),
             endpoints=dict((n, identity.endpoint_records(e)) for n, e in (after.get('nodes') or {}).items()),
             changes=changes,
             waiting=waiting,

@@ -108,6 +108,14 @@ nodes:
   type: dict
   sample: {node1: {node_ip: 192.168.50.11, pod_cidrs: {ipv4: [10.244.0.0/24], ipv6: []}},
            node2: {node_ip: 192.168.50.12, pod_cidrs: {ipv4: [10.244.1.0/24], ipv6: []}}}
+cluster_pod_cidrs:
+  description:
+    - Every pod CIDR of O(nodes), by family, each once, sorted. The routing role's masquerade leaves
+      traffic to these alone when neither a native-routing CIDR nor the cluster pool bounds the pods
+      (site.yml passes it as C(routing_cluster_pod_cidrs), built once instead of on every node).
+  returned: success
+  type: dict
+  sample: {ipv4: [10.244.0.0/24, 10.244.1.0/24], ipv6: []}
 endpoints:
   description:
     - The endpoint records of every node the ledger holds, as the nodes' C(ipam_endpoint) runs recorded

@@ -712,3 +712,12 @@ def test_big_cluster_is_disjoint():
     cidrs = all_cidrs(doc)
     assert len(cidrs) == len(set(cidrs)) == 4000
     assert_disjoint(cidrs)
+
+
+def test_cluster_pod_cidrs_is_every_cidr_of_the_map_once_sorted():
+    nodes = {'node2': {'node_ip': '192.168.50.12', 'pod_cidrs': {'ipv4': ['10.244.9.0/24', '10.244.10.0/24'], 'ipv6': []}},
+             'node1': {'node_ip': '192.168.50.11', 'pod_cidrs': {'ipv4': ['10.244.10.0/24'], 'ipv6': ['fd00::/120']}},
+             'node3': {'node_ip': '192.168.50.13', 'pod_cidrs': {'ipv4': [], 'ipv6': []}}}
+    # sorted as text, as the routing role's Jinja sort did when each node gathered them itself
+    assert ipam_lease.cluster_pod_cidrs(nodes) == {'ipv4': ['10.244.10.0/24', '10.244.9.0/24'], 'ipv6': ['fd00::/120']}
+    assert ipam_lease.cluster_pod_cidrs({}) == {'ipv4': [], 'ipv6': []}

@@ -53,6 +53,7 @@ def test_allocates_every_node_of_the_group_by_default(tmp_path, ledger_path):
     assert sorted(res['nodes']) == ['node1', 'node2', 'node3']
     cidrs = [c for n in res['nodes'].values() for c in n['pod_cidrs']['ipv4']]
     assert len(set(cidrs)) == 3
+    assert res['cluster_pod_cidrs'] == {'ipv4': sorted(cidrs), 'ipv6': []}
     # A run of some nodes only (a role passing nodes) still reports the whole map, and changes nothing.
     res = allocate(tmp_path, m, {'nodes': ['node2']})
     assert not res['changed'] and sorted(res['nodes']) == ['node1', 'node2', 'node3'], res

@@ -9,6 +9,8 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 
+from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOADER = DataLoader()
 
@@ -18,11 +20,13 @@ def _load(rel):
     return LOADER.load_from_file(os.path.join(ROOT, rel), trusted_as_template=True)
 
 
-def masquerade_args(model, nodes, node='node1'):
+def masquerade_args(model, nodes, node='node1', cluster_pod_cidrs=None):
     task = _load('roles/routing/tasks/masquerade.yml')[0]
     variables = dict(_load('roles/routing/defaults/main.yml'))
     variables.update(inventory_hostname=node, podnet_node_ip='192.168.50.11', routing_nodes=nodes,
                      hostvars={'localhost': {'podnet_model': model}})
+    if cluster_pod_cidrs is not None:       # as site.yml and peers.yml pass ipam_allocate's
+        variables['routing_cluster_pod_cidrs'] = cluster_pod_cidrs
     variables.update(task['vars'])
     return Templar(loader=LOADER, variables=variables).template(task['podnet.fabric.masquerade'])
 
@@ -51,6 +55,17 @@ def test_exclude(ipam_mode, native_cidr, exclude):
                     'node_ip': '192.168.50.11'}
 
 
+def test_exclude_built_once_is_the_same():
+    """site.yml passes ipam_allocate's cluster_pod_cidrs: the exclusion each node gathered itself."""
+    nodes = node_map(12)
+    gathered = masquerade_args(model_of('kubernetes'), nodes)
+    passed = masquerade_args(model_of('kubernetes'), nodes, cluster_pod_cidrs=ipam_lease.cluster_pod_cidrs(nodes))
+    assert passed == gathered and len(passed['exclude']) == 12
+    # the bounds still come first
+    assert masquerade_args(model_of('cluster-pool'), nodes, cluster_pod_cidrs={'ipv4': ['x'], 'ipv6': []})['exclude'] == [
+        '10.244.0.0/16']
+
+
 def test_node_outside_the_map_is_absent():
     args = masquerade_args(model_of('cluster-pool'), node_map(3), node='node9')
     assert args['state'] == 'absent' and args['pod_cidrs'] == []
@@ -76,3 +91,10 @@ def test_every_nodes_cidrs_are_read_only_when_needed():
         masquerade_args(model, big)          # compiled once before timing
         ratio = _cpu_of(lambda: masquerade_args(model, big)) / _cpu_of(lambda: masquerade_args(model, small))
         assert ratio < 8, ratio
+    # every node's CIDRs passed in, built once: the list is copied, not gathered from the map
+    model = model_of('kubernetes')
+    args = dict((n, ipam_lease.cluster_pod_cidrs(m)) for n, m in (('small', small), ('big', big)))
+    masquerade_args(model, big, cluster_pod_cidrs=args['big'])
+    ratio = (_cpu_of(lambda: masquerade_args(model, big, cluster_pod_cidrs=args['big']))
+             / _cpu_of(lambda: masquerade_args(model, small, cluster_pod_cidrs=args['small'])))
+    assert ratio < 8, ratio

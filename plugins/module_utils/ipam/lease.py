@@ -151,6 +151,15 @@ def node_map(doc):
     return out
 
 
+def cluster_pod_cidrs(nodes):
+    """Every pod CIDR of a node map (node_map), by family, each once, sorted as text: what the
+    masquerade leaves alone when neither a native-routing CIDR nor the cluster pool bounds the pods.
+    The controller builds it once per run; derived on each node from the map, it cost every node a
+    walk of the whole map."""
+    return dict((fam, sorted(set(c for entry in nodes.values() for c in entry['pod_cidrs'].get(fam) or ())))
+                for fam in FAMILIES)
+
+
 def lease_router_ips(lease):
     """The router IPs of every CIDR of the lease (IPv4 first); single addresses have none."""
     out = []
