@@ -701,6 +701,10 @@ def main():
     ap.add_argument('--quick', action='store_true', help='%s nodes, ansible at %s, %d round, results in build/bench/'
                     % (QUICK['sizes'], QUICK['ansible_sizes'], QUICK['rounds']))
     ap.add_argument('--out', help='default: bench/results/fleet.json (--quick: build/bench/fleet.quick.json)')
+    ap.add_argument('--lab', type=int, metavar='N',
+                    help='instead: an N-node namespace lab converged whole, then in --lab-slices AWX slices at once + '
+                         'peers.yml, verify.yml pod to pod after each (bench/_fleet_lab.py; bench/results/fleet_lab.json)')
+    ap.add_argument('--lab-slices', type=int, default=SLICES)
     ap.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     ap.add_argument('--moto-server', action='store_true', help=argparse.SUPPRESS)
     ap.add_argument('--nodes', type=int, help=argparse.SUPPRESS)
@@ -714,6 +718,12 @@ def main():
         return moto_server()
     if args.child:
         return child(args)
+    if args.lab:
+        import _fleet_lab
+        prov = _common.provenance()
+        doc = dict(_fleet_lab.run_lab(args.lab, args.lab_slices), benchmark='fleet_lab', provenance=prov)
+        _common.write_json(args.out or _common.results_path('fleet_lab', False), doc)
+        return 0
     sizes = sorted(int(x) for x in args.sizes.split(',') if x)
     ansible_sizes = sorted(int(x) for x in args.ansible_sizes.split(',') if x)
     rounds = args.rounds
