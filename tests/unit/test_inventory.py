@@ -142,7 +142,7 @@ def test_good_kubernetes_pod_cidrs():
 def _random_nets(rng, count):
     """Networks that often nest, repeat and mix families (what the overlap checks must sort out)."""
     nets = []
-    for _ in range(count):
+    for _i in range(count):
         if rng.random() < 0.7:
             plen = rng.choice([21, 22, 23, 24, 24, 25, 26, 32])
             base = '10.0.%d.%d' % (rng.randrange(8), rng.randrange(256))
@@ -168,7 +168,7 @@ def test_containing_is_a_scan_of_every_network(seed):
     rng = random.Random(seed)
     nets = _random_nets(rng, rng.randrange(0, 60))
     holding = inventory._containing(nets)
-    for _ in range(50):
+    for _probe in range(50):
         address = ipaddress.ip_address(rng.choice(['10.0.%d.%d' % (rng.randrange(9), rng.randrange(256)),
                                                    'fd00:0:0:%x::%x' % (rng.randrange(9), rng.randrange(5))]))
         assert holding(address) == [k for k, net in enumerate(nets) if address in net]

@@ -73,7 +73,7 @@ def test_node_outside_the_map_is_absent():
 
 def _cpu_of(fn, repeat=3):
     best = None
-    for _ in range(repeat):
+    for _round in range(repeat):
         c0 = time.process_time()
         fn()
         spent = time.process_time() - c0
