@@ -41,7 +41,7 @@ class ActionModule(ctl.IpamAction):
             nodes = sorted(members, key=ipam_cidr.natural_key)
         if isinstance(nodes, str) or not isinstance(nodes, (list, tuple)):
             raise AnsibleActionFail('nodes: expected a list of host names, got %r' % (nodes,))
-        # Hosts of the play that are not cluster nodes (a lab router, localhost) are not ours.
+        # Hosts passed in `nodes` that are not cluster nodes (a lab router, localhost) are not ours.
         run = [str(n) for n in nodes if str(n) in members]
         mode = model['ipam']['mode']
         led = ctl.open_ledger(model)
