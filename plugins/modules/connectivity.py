@@ -107,7 +107,10 @@ source:
   type: str
   sample: node1
 results:
-  description: One entry per target.
+  description:
+    - One entry per target.
+    - C(tcp.connected) says whether the TCP handshake completed (a connection refused or timed out before it
+      did is false), which tells a dropped SYN from a listener that did not answer.
   returned: always
   type: list
   elements: dict
@@ -116,7 +119,7 @@ results:
       address: 10.244.1.5
       port: 4240
       ping: {ok: true, sent: 3, received: 3, rtt_ms: 0.061, rtt_min_ms: 0.05, rtt_max_ms: 0.08}
-      tcp: {ok: true, reply: podnet-health node2, error: null, ms: 0.4}
+      tcp: {ok: true, reply: podnet-health node2, error: null, ms: 0.4, connected: true}
 unreachable:
   description: One line per failed probe (empty when every target answered).
   returned: always
