@@ -149,3 +149,45 @@ def test_maps_go_in_an_order_that_drops_no_allowed_packet():
     t = task('Sync the datapath maps')
     assert [(m['name'], m['prune']) for m in t['loop']] == [
         ('ipcache', True), ('policy', False), ('endpoints', True), ('policy', True)]
+
+
+def _verify_task(name):
+    play = _load('playbooks/verify.yml')[0]
+    return [t for t in _tasks(play['tasks']) if t.get('name') == name][0]
+
+
+def test_verify_walk_targets_and_mismatches():
+    rows = [
+        {'src': 'default/client-1', 'src_node': 'node1', 'netns': 'default.client-1', 'dst': 'default/web-1',
+         'dst_node': 'node2', 'address': '10.244.2.3', 'port': 8080, 'verdict': 'allow', 'rule': 1},
+        {'src': 'default/client-1', 'src_node': 'node1', 'netns': 'default.client-1', 'dst': 'podnet-health',
+         'dst_node': 'node2', 'address': '10.244.2.2', 'port': 4240, 'verdict': 'allow', 'rule': None},
+        {'src': 'default/client-1', 'src_node': 'node1', 'netns': 'default.client-1', 'dst': 'default/db-0',
+         'dst_node': 'node2', 'address': '10.244.2.4', 'port': 8080, 'verdict': 'deny', 'rule': 2},
+        {'src': 'default/client-1', 'src_node': 'node1', 'netns': 'default.client-1', 'dst': 'default/x',
+         'dst_node': 'node2', 'address': '10.244.2.5', 'port': 8080, 'verdict': 'deny', 'rule': 'default deny'},
+    ]
+    item = ['default.client-1', rows]
+    targets = Templar(loader=LOADER, variables={'item': item}).template(
+        _verify_task('Connect from each endpoint of this node')['podnet.fabric.connectivity']['targets'])
+    # A health endpoint's responder is checked for its node's name.
+    assert [t['name'] for t in targets] == ['default/web-1', 'node2', 'default/db-0', 'default/x']
+
+    def tcp(connected, error):
+        return {'ok': error is None, 'connected': connected, 'error': error}
+    observed = [tcp(False, 'connection refused'),        # delivered: the RST came back
+                tcp(True, None),                         # the responder answered
+                tcp(True, 'timed out'),                  # taken, no answer: delivered, but policy says deny
+                tcp(False, 'timed out')]                 # dropped, as the policy says
+    results = [dict(t, tcp=o) for t, o in zip(targets, observed)]
+    t = _verify_task('Check each connection\'s verdict against the policy\'s')
+    drops = {'drops': [{'reason_name': 'policy denied', 'direction': 'ingress', 'rule': 2, 'packets': 3}]}
+    variables = {'podnet_verify_walk': {'results': [{'item': item, 'results': results}]},
+                 'hostvars': {'node1': {}, 'node2': {'podnet_verify_bpf': drops}}}
+    got = Templar(loader=LOADER, variables=variables).template(t['vars']['_mismatches'])
+    assert got == ['node1 default/client-1 -> node2 default/db-0 (10.244.2.4) tcp 8080: policy deny (rule 2), '
+                   'observed delivered; drops: node2 policy denied (ingress, rule 2): 3']
+    results[3]['tcp'] = tcp(False, 'connection refused')
+    got = Templar(loader=LOADER, variables=variables).template(t['vars']['_mismatches'])
+    assert len(got) == 2 and got[1].endswith('policy deny (default deny), observed delivered; '
+                                             'drops: node2 policy denied (ingress, rule 2): 3')
