@@ -191,3 +191,12 @@ def test_verify_walk_targets_and_mismatches():
     got = Templar(loader=LOADER, variables=variables).template(t['vars']['_mismatches'])
     assert len(got) == 2 and got[1].endswith('policy deny (default deny), observed delivered; '
                                              'drops: node2 policy denied (ingress, rule 2): 3')
+
+
+def test_check_mode_attaches_nothing_to_a_tunnel_device_the_run_would_create():
+    progs = render('This node\'s entries and programs', 'datapath_programs', check=True, datapath_plan=PLAN,
+                   datapath_devices={})
+    assert [p['device'] for p in progs] == ['eth0', 'eth0']
+    progs = render('This node\'s entries and programs', 'datapath_programs', check=True, datapath_plan=PLAN,
+                   datapath_devices={}, node_prereqs_node={'underlay': {'name': 'eth0'}, 'links': {'podnet_vxlan': {}}})
+    assert [p['device'] for p in progs] == ['eth0', 'eth0', 'podnet_vxlan']
