@@ -97,7 +97,8 @@ def tc_filters(n, dev, hook):
 
 
 def lxc_devices(n):
-    return sorted(d for d in node(n, 'ls', '/sys/class/net').split() if d.startswith('lxc'))
+    return sorted(link['ifname'] for link in json.loads(node(n, 'ip', '-j', 'link', 'show'))
+                  if link['ifname'].startswith('lxc'))
 
 
 def bpffs(n):
@@ -225,8 +226,22 @@ def test_a_label_change_moves_the_endpoint_and_the_policy_follows(pdp):
     assert not tcp('other-2', 'web-1')
 
 
+def test_verify_walks_every_pair_against_the_policy(pdp):
+    out = run_ok('verify.yml', pdp.inv)
+    # Per node: 3 endpoints x 5 others on 8080, + 4240 to the other health endpoints (1 from the
+    # health endpoint, 2 from each workload endpoint).
+    walked = re.findall(r'packet walk: (\d+) connections as the policy says', out)
+    assert sorted(int(n) for n in walked) == [20, 20], out[-3000:]
+
+
 def test_removing_the_policy_lets_the_pair_through(pdp):
     pdp.write(policy={'rules': []})
+    # Before the site run the datapath still enforces the old rule: the walk says where and why.
+    rc, out = labutil.playbook('verify.yml', pdp.inv)
+    assert rc != 0
+    text = ' '.join(out.split())
+    assert ('node2 default/other-2 -> node1 default/web-1 (%s) tcp 8080: policy allow, observed dropped (timed out); '
+            'drops: ' % address('web-1')) in text and 'node1 policy denied (ingress, rule 2)' in text, out[-4000:]
     pdp.site()
     assert tcp('other-2', 'web-1')
     assert tcp('client-1', 'web-1')
