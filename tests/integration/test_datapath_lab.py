@@ -3,9 +3,8 @@ mode): the datapath role makes the endpoints, the controller plans identities an
 node syncs its maps and attaches its programs, and the policy is enforced on real packets.
 
 Endpoints (podnet_endpoints): node1 web-1 {app: web}, client-1 {app: client}; node2 client-2
-{app: client}, other-2 {app: other}. Policy:
-  rule 1  web ingress allow from {app: client} tcp 8080
-  rule 2  web ingress deny  from {app: other}
+{app: client}, other-2 {app: other}. Policy, one rule (rule 1, as drops and the walk name it) selecting web:
+  ingress allow from {app: client} tcp 8080; ingress_deny from {app: other}
 The test runs an echo server on 8080 in web-1 (the endpoint has no responder of its own). Assertions
 are on packets (TCP connects from the endpoints' namespaces), on tc and bpffs inside the nodes, and
 on what bpf_info counts; never on a task's ok.
@@ -184,11 +183,11 @@ def test_site_enforces_the_policy(pdp):
     # Allowed: clients on the same node and across nodes.
     assert tcp('client-1', 'web-1')
     assert tcp('client-2', 'web-1')
-    # Denied by rule 2, counted on node1 with the rule (to_container, ingress).
+    # Denied by the rule's ingress_deny, counted on node1 with the rule (1; to_container, ingress).
     before = drops(pdp.inv, 'node1')
     assert not tcp('other-2', 'web-1')
     after = drops(pdp.inv, 'node1')
-    assert after.get((131, 'ingress', 2), 0) > before.get((131, 'ingress', 2), 0), after
+    assert after.get((131, 'ingress', 1), 0) > before.get((131, 'ingress', 1), 0), after
     # A port rule 1 does not allow: default deny (rule 0).
     assert not tcp('client-1', 'web-1', port=9090)
     assert drops(pdp.inv, 'node1').get((132, 'ingress', 0), 0) > before.get((132, 'ingress', 0), 0)
@@ -241,7 +240,7 @@ def test_removing_the_policy_lets_the_pair_through(pdp):
     assert rc != 0
     text = ' '.join(out.split())
     assert ('node2 default/other-2 -> node1 default/web-1 (%s) tcp 8080: policy allow, observed dropped (timed out); '
-            'drops: ' % address('web-1')) in text and 'node1 policy denied (ingress, rule 2)' in text, out[-4000:]
+            'drops: ' % address('web-1')) in text and 'node1 policy denied (ingress, rule 1)' in text, out[-4000:]
     pdp.site()
     assert tcp('other-2', 'web-1')
     assert tcp('client-1', 'web-1')
