@@ -19,8 +19,7 @@ def _load(rel):
 def _tasks(tasks=None):
     for t in tasks if tasks is not None else _load('roles/datapath/tasks/main.yml'):
         yield t
-        for t2 in _tasks(t.get('block') or []):
-            yield t2
+        yield from _tasks(t.get('block') or [])
 
 
 def task(name):
