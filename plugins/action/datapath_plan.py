@@ -18,7 +18,7 @@ from ansible_collections.podnet.fabric.plugins.plugin_utils import ipam_controll
 
 class ActionModule(ctl.IpamAction):
 
-    _VALID_ARGS = frozenset(('nodes', 'prune', 'group', 'model', 'health_endpoint_id'))
+    _VALID_ARGS = frozenset(('nodes', 'prune', 'group', 'model', 'health_endpoint_id', 'walk_ports'))
 
     def _run(self, result, args, task_vars):
         model = ctl.require_model(task_vars, args.get('model'))
@@ -31,6 +31,14 @@ class ActionModule(ctl.IpamAction):
             raise AnsibleActionFail('all: prune: refused, this run is %s: the endpoints of the other slices that '
                                     'have no address yet would look unused and lose their identities. Prune from a '
                                     'run over the whole inventory. Nothing was changed' % sliced)
+        walk_ports = args.get('walk_ports')
+        if walk_ports is not None:
+            try:
+                walk_ports = sorted(set(int(p) for p in walk_ports))
+            except (TypeError, ValueError):
+                walk_ports = None
+            if walk_ports is None or not all(0 < p < 65536 for p in walk_ports):
+                raise AnsibleActionFail('walk_ports: expected a list of TCP ports, got %r' % (args.get('walk_ports'),))
         nodes = args.get('nodes')
         if nodes is None:
             nodes = task_vars.get('ansible_play_hosts_all') or []
@@ -84,6 +92,8 @@ class ActionModule(ctl.IpamAction):
                 ' (check mode: nothing written)' if self._task.check_mode and changed else '',
                 led.location, serial),
         )
+        if walk_ports is not None:
+            result['walk'] = datapath.walk(model, after, run, walk_ports, health=health)
         if warnings:
             result['warnings'] = warnings
         return result

@@ -155,8 +155,12 @@ def _icmp_probe(sock, family, address, ident, count, interval, timeout):
 def _tcp_probe(sock, address, port, name, timeout):
     start = time.time()
     sock.settimeout(timeout)
+    # Whether the handshake completed: the packet walk tells a dropped SYN (a timeout before it) from
+    # a listener that took the connection but did not answer.
+    connected = False
     try:
         sock.connect((address, port))
+        connected = True
         data = b''
         while b'\n' not in data and len(data) < 256:
             chunk = sock.recv(256)
@@ -164,15 +168,16 @@ def _tcp_probe(sock, address, port, name, timeout):
                 break
             data += chunk
     except socket.timeout:
-        return {'ok': False, 'reply': None, 'error': 'timed out', 'ms': None}
+        return {'ok': False, 'reply': None, 'error': 'timed out', 'ms': None, 'connected': connected}
     except OSError as e:
         msg = (e.strerror or str(e)).lower() if e.errno != errno.ECONNREFUSED else 'connection refused'
-        return {'ok': False, 'reply': None, 'error': msg, 'ms': None}
+        return {'ok': False, 'reply': None, 'error': msg, 'ms': None, 'connected': connected}
     finally:
         sock.close()
     reply = data.decode('utf-8', 'replace').split('\n')[0].strip()
     why = check_reply(reply, name)
-    return {'ok': why is None, 'reply': reply, 'error': why, 'ms': round((time.time() - start) * 1000.0, 3)}
+    return {'ok': why is None, 'reply': reply, 'error': why, 'ms': round((time.time() - start) * 1000.0, 3),
+            'connected': True}
 
 
 def probe(netns, targets, ping=True, tcp=True, ping_count=3, ping_interval=0.2, ping_timeout=2.0,

@@ -107,7 +107,10 @@ source:
   type: str
   sample: node1
 results:
-  description: One entry per target.
+  description:
+    - One entry per target.
+    - C(tcp.connected) says whether the TCP handshake completed (a connection refused or timed out before it
+      did is false), which tells a dropped SYN from a listener that did not answer.
   returned: always
   type: list
   elements: dict
@@ -116,9 +119,11 @@ results:
       address: 10.244.1.5
       port: 4240
       ping: {ok: true, sent: 3, received: 3, rtt_ms: 0.061, rtt_min_ms: 0.05, rtt_max_ms: 0.08}
-      tcp: {ok: true, reply: podnet-health node2, error: null, ms: 0.4}
-unreachable:
-  description: One line per failed probe (empty when every target answered).
+      tcp: {ok: true, reply: podnet-health node2, error: null, ms: 0.4, connected: true}
+failures:
+  description:
+    - One line per failed probe (empty when every target answered).
+    - (Not named C(unreachable) - Ansible takes a true C(unreachable) in a result for an unreachable host.)
   returned: always
   type: list
   elements: str
@@ -165,7 +170,7 @@ def main():
     if not netns.netns_exists(p['netns']):
         module.fail_json(msg='%s: the health endpoint %s does not exist on this node (no %s); run the '
                              'podnet.fabric.health role first' % (source, p['netns'], netns.netns_path(p['netns'])),
-                         source=source, results=[], unreachable=[], reachable=False)
+                         source=source, results=[], failures=[], reachable=False)
     try:
         results = probe.probe(p['netns'], targets, ping=p['ping'], tcp=p['tcp'], ping_count=p['ping_count'],
                               ping_interval=p['ping_interval'], ping_timeout=p['ping_timeout'],
@@ -173,7 +178,7 @@ def main():
     except OSError as e:
         module.fail_json(msg='%s: cannot probe from %s: %s' % (source, p['netns'], e))
     lines = probe.failures(source, results, ping=p['ping'], tcp=p['tcp'])
-    out = dict(changed=False, source=source, results=results, unreachable=lines, reachable=not lines)
+    out = dict(changed=False, source=source, results=results, failures=lines, reachable=not lines)
     if lines and p['fail_on_unreachable']:
         probes = len(results) * (int(p['ping']) + int(p['tcp']))
         module.fail_json(msg='%d of %d probes failed:\n%s' % (len(lines), probes, '\n'.join(lines)), **out)

@@ -62,6 +62,13 @@ options:
     description: The health endpoint's IPAM name on each node; it holds the reserved identity 4 (health).
     type: str
     default: podnet-health
+  walk_ports:
+    description:
+      - Also return the packet walk's matrix (RV(walk)) - TCP connections from every endpoint of the run's
+        nodes to every endpoint of the cluster on these ports (and on the health port, 4240, to a health
+        endpoint), with the verdict the policy gives each. C(playbooks/verify.yml) probes it.
+    type: list
+    elements: int
 attributes:
   check_mode:
     support: full
@@ -135,6 +142,18 @@ changes:
   returned: always
   type: list
   elements: dict
+walk:
+  description:
+    - With O(walk_ports), per source node, the connections of the packet walk and their expected verdicts.
+    - C(src) / C(dst) are IPAM names; C(netns) is the source's network namespace (C(<namespace>.<name>), or
+      the health endpoint's); C(verdict) C(allow) or C(deny); C(rule) the deciding rule's number, C(default deny),
+      or null when no policy decided.
+  returned: when O(walk_ports) is given and the datapath is enabled
+  type: dict
+  sample:
+    node1:
+      - {src: default/client-1, src_node: node1, netns: default.client-1, dst: default/web-1, dst_node: node1,
+         address: 10.244.1.3, port: 8080, verdict: allow, rule: 1}
 ledger:
   description: The ledger's backend, location and serial after the run.
   returned: when enabled

@@ -112,3 +112,53 @@ def identities_view(model, doc):
     out = dict((i, {'labels': list(labels)}) for i, labels in table.labels_of.items())
     out.update((i, {'cidr': cidr}) for i, cidr in table.cidr_of.items())
     return dict(sorted(out.items()))
+
+
+def endpoint_netns(key, health=ident.HEALTH_ENDPOINT, health_netns='podnet-health'):
+    """The network namespace of an endpoint by its IPAM name, as the datapath and health roles name
+    it: <namespace>.<name> for <namespace>/<name> (a namespace is a DNS label: no dot), the health
+    role's namespace for the health endpoint, None for an endpoint that is neither."""
+    if key == health:
+        return health_netns
+    if '/' in key:
+        return key.replace('/', '.', 1)
+    return None
+
+
+def walk(model, doc, run, ports, health=ident.HEALTH_ENDPOINT, health_netns='podnet-health', health_port=4240):
+    """The packet walk's matrix: for every endpoint of a node of the run (the source, probed from its
+    namespace on its node) and every endpoint of the cluster (the destination, every address of a
+    family the source has), a TCP connection to each of `ports` (and the health responder's port for
+    a health endpoint), with the verdict the datapath gives it (policy.verdict over the compiled
+    policy: the source's egress, then the destination's ingress).
+
+    Returns {source node: [{src, src_node, netns, dst, dst_node, address, port, verdict, rule}]},
+    sorted; rule is the deciding rule's number, 'default deny', or None (no policy decided)."""
+    cluster_id, _name = _cluster(model)
+    table = ident.Table(doc, cluster_id)
+    compiled = policy.compile_policy(_rules(model), table, only=held_identities(model, doc))
+    nodes = doc.get('nodes') or {}
+    everyone = []
+    for node in sorted(nodes, key=natural_key):
+        for key, rec in sorted(ident.endpoint_records(nodes[node]).items()):
+            if rec['ips'] and endpoint_netns(key, health, health_netns):
+                everyone.append((node, key, rec))
+    out = {}
+    for src_node, src, srec in everyone:
+        if src_node not in run:
+            continue
+        families = set(':' in ip for ip in srec['ips'])
+        rows = out.setdefault(src_node, [])
+        for dst_node, dst, drec in everyone:
+            if (src_node, src) == (dst_node, dst):
+                continue
+            dst_ports = sorted(set(ports) | (set([health_port]) if dst == health else set()))
+            for ip in drec['ips']:
+                if (':' in ip) not in families:
+                    continue
+                for port in dst_ports:
+                    v, rule = policy.verdict(compiled, srec['identity'], drec['identity'], 'tcp', port)
+                    rows.append({'src': src, 'src_node': src_node, 'netns': endpoint_netns(src, health, health_netns),
+                                 'dst': dst, 'dst_node': dst_node, 'address': ip, 'port': port,
+                                 'verdict': v, 'rule': rule})
+    return out

@@ -427,7 +427,7 @@ def test_unreachable_targets_fail_with_one_line_per_pair(phe):
     assert time.monotonic() - t0 < 60
     res = results['node1']
     assert res['failed'] and not res['reachable'] and not res['changed']
-    lines = res['unreachable']
+    lines = res['failures']
     assert lines[0] == 'node1 -> ghost (%s): ping no echo reply (0 of 3)' % ghost
     assert re.match(r'^node1 -> ghost \(%s\): tcp 4240 (timed out|no route to host)$' % re.escape(ghost), lines[1])
     assert lines[2] == 'node1 -> node1 (%s): tcp 4240 answered as node2, expected node1' % health_ip('node2')

@@ -98,6 +98,40 @@ def test_every_node_gets_its_entries_from_the_ledger(ledger_path):
     assert policy.verdict(c, '192.0.2.7', web, 'udp', 53) == ('allow', 1)
 
 
+def test_the_packet_walk_matrix(ledger_path):
+    """Every endpoint of the run's nodes to every other endpoint of the cluster, from its namespace,
+    on the walk's ports (and 4240 to a health endpoint), with the verdict the rules give it."""
+    model = make_model(ledger_path)
+    led = provision(model)
+    doc = copy.deepcopy(led.read())
+    datapath.update(model, doc)
+    walk = datapath.walk(model, doc, ['node2'], [80])
+    assert list(walk) == ['node2']
+    rows = walk['node2']
+    assert set(r['src_node'] for r in rows) == {'node2'}
+    assert set((r['src'], r['netns']) for r in rows) == {
+        ('default/client-1', 'default.client-1'), ('podnet-health', 'podnet-health')}
+    # 2 sources x (5 other endpoints on port 80, and 4240 to the 3 health endpoints, or 2 from a health endpoint)
+    assert len(rows) == (5 + 3) + (5 + 2)
+    by = dict(((r['src'], r['dst_node'], r['dst'], r['port']), r) for r in rows)
+    web, db = by[('default/client-1', 'node1', 'default/web-1', 80)], by[('default/client-1', 'node3', 'data/db-0', 80)]
+    assert (web['address'], web['verdict'], web['rule']) == ('10.244.0.3', 'allow', 1)
+    assert (db['verdict'], db['rule']) == ('allow', None)
+    health = by[('podnet-health', 'node1', 'default/web-1', 80)]
+    assert (health['verdict'], health['rule']) == ('deny', 'default deny')
+    assert sorted(r['dst_node'] for r in rows if r['port'] == 4240 and r['src'] == 'default/client-1') == [
+        'node1', 'node2', 'node3']
+    # The same verdicts the rules give when read directly (policy.model_verdict).
+    table = ident.Table(doc, 0)
+    view = policy.table_peers(table)
+    records = dict(((n, k), r) for n, e in doc['nodes'].items() for k, r in ident.endpoint_records(e).items())
+    for r in rows:
+        src = records[(r['src_node'], r['src'])]['identity']
+        dst = records[(r['dst_node'], r['dst'])]['identity']
+        assert policy.model_verdict(model['policy']['rules'], view, src, dst, 'tcp', r['port']) == (r['verdict'], r['rule'])
+    assert datapath.endpoint_netns('prod/db.0') == 'prod.db.0' and datapath.endpoint_netns('other') is None
+
+
 def test_a_slice_sees_the_whole_cluster(ledger_path):
     model = make_model(ledger_path)
     led = provision(model)
