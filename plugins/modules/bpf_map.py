@@ -29,10 +29,32 @@ extends_documentation_fragment:
   - podnet.fabric.node_lock
 options:
   name:
-    description: Which map.
+    description: Which map. One of O(name) and O(maps) is required.
     type: str
-    required: true
     choices: [ipcache, endpoints, policy, ct, metrics]
+  maps:
+    description:
+      - Several maps in one run, synced one after the other in the order given, each as O(name),
+        O(entries) and O(prune) would (O(state) and O(pin_root) apply to all). A map may appear
+        twice, for example the policy map's additions before the endpoints map and its prune after.
+      - One module run on the node instead of one per map. Not together with O(name).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Which map.
+        type: str
+        required: true
+        choices: [ipcache, endpoints, policy, ct, metrics]
+      entries:
+        description: As O(entries).
+        type: list
+        elements: dict
+        default: []
+      prune:
+        description: As O(prune).
+        type: bool
+        default: false
   entries:
     description:
       - "C(ipcache): C(prefix) (a CIDR, or an address for its host prefix), C(identity), C(tunnel_endpoint)
@@ -97,6 +119,14 @@ EXAMPLES = r'''
       - {ep_id: 7, direction: ingress, identity: 261, protocol: tcp, port: 8080, end_port: 8090, verdict: allow, rule: 3}
     prune: true
 
+- name: A node's datapath maps in one run, policy additions before the endpoints enforce
+  podnet.fabric.bpf_map:
+    maps:
+      - {name: ipcache, entries: "{{ node_ipcache }}", prune: true}
+      - {name: policy, entries: "{{ node_policy }}"}
+      - {name: endpoints, entries: "{{ node_endpoints }}", prune: true}
+      - {name: policy, entries: "{{ node_policy }}", prune: true}
+
 - name: Reset the drop counters
   podnet.fabric.bpf_map:
     name: metrics
@@ -144,6 +174,17 @@ state:
   returned: always
   type: dict
   sample: {exists: true, count: 12}
+maps:
+  description:
+    - With O(maps), each map's result in order, with the keys above (C(name), C(changed), C(added),
+      C(removed), C(changed_entries), C(flushed), C(pin), C(plan), C(state)). The top-level C(added),
+      C(removed), C(changed_entries) and C(plan) then gather every map's, C(flushed) sums them, and
+      C(pin) and C(state) are those of the last map.
+  returned: when O(maps) is given
+  type: list
+  elements: dict
+  sample: [{name: ipcache, changed: false, added: [], removed: [], changed_entries: [], flushed: 0,
+            pin: /sys/fs/bpf/podnet/podnet_ipcache_v1, plan: [], state: {exists: true, count: 9}}]
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -161,31 +202,21 @@ def resolver(ipr):
     return resolve
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(
-            name=dict(type='str', required=True, choices=sorted(bpf_maps.MAPS)),
-            entries=dict(type='list', elements='dict', default=[]),
-            prune=dict(type='bool', default=False),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            pin_root=dict(type='path', default=bpf_maps.DEFAULT_PIN_ROOT),
-        ),
-        supports_check_mode=True,
-    )
+def sync(module, name, entries, prune):
+    """One map's reconcile pass: its result, exit_json's keywords for one map."""
     p = module.params
-    name = p['name']
     label = 'bpf_map %s' % name
     pin_root = p['pin_root']
     desired = {}
     if p['state'] == 'present':
-        needs_links = name == 'endpoints' and any(isinstance(e, dict) and e.get('device') is not None for e in p['entries'])
+        needs_links = name == 'endpoints' and any(isinstance(e, dict) and e.get('device') is not None for e in entries)
         ipr = None
         try:
             if needs_links:
                 netlink.require_pyroute2(module)
                 with error_funnel(module, label):
                     ipr = netlink.IPRoute()
-            desired = bpf_maps.normalize(name, p['entries'], resolver(ipr) if ipr else None)
+            desired = bpf_maps.normalize(name, entries, resolver(ipr) if ipr else None)
         except bpf_maps.BpfMapError as e:
             module.fail_json(msg='%s: %s' % (label, e))
         finally:
@@ -196,7 +227,7 @@ def main():
     reconciler = Reconciler(
         module,
         read=lambda: bpf_maps.read(name, pin_root),
-        plan=lambda realized: bpf_maps.plan(name, desired, realized, p['prune'], p['state']),
+        plan=lambda realized: bpf_maps.plan(name, desired, realized, prune, p['state']),
         apply=syncer.apply,
         project=bpf_maps.project,
         view=lambda realized: {'exists': realized['exists'], 'count': realized['count']},
@@ -215,13 +246,52 @@ def main():
         }
     else:
         result.pop('diff')
-    module.exit_json(
+    return dict(
         added=[a['entry'] for a in actions if a['action'] == 'add'],
         removed=[a['entry'] for a in actions if a['action'] == 'remove'],
         changed_entries=[{'before': a['before'], 'after': a['entry']} for a in actions if a['action'] == 'change'],
         flushed=sum(a['count'] for a in actions if a['action'] == 'flush'),
         pin=bpf_maps.MAPS[name].path(pin_root),
         **result)
+
+
+def gather(results):
+    """Several maps' results, [(name, result)], as one module result (see RETURN: maps)."""
+    out = dict(results[-1][1])
+    out.pop('diff', None)
+    out['maps'] = [dict(((k, v) for k, v in r.items() if k != 'diff'), name=n) for n, r in results]
+    out['changed'] = any(r['changed'] for _n, r in results)
+    for key in ('added', 'removed', 'changed_entries', 'plan'):
+        out[key] = [x for _n, r in results for x in r[key]]
+    out['flushed'] = sum(r['flushed'] for _n, r in results)
+    if any('diff' in r for _n, r in results):
+        out['diff'] = dict((side, dict(('%d %s' % (i, n), r['diff'][side]) for i, (n, r) in enumerate(results, 1)))
+                           for side in ('before', 'after'))
+    return out
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(
+            name=dict(type='str', choices=sorted(bpf_maps.MAPS)),
+            entries=dict(type='list', elements='dict', default=[]),
+            prune=dict(type='bool', default=False),
+            maps=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str', required=True, choices=sorted(bpf_maps.MAPS)),
+                entries=dict(type='list', elements='dict', default=[]),
+                prune=dict(type='bool', default=False),
+            )),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            pin_root=dict(type='path', default=bpf_maps.DEFAULT_PIN_ROOT),
+        ),
+        mutually_exclusive=[('name', 'maps')],
+        required_one_of=[('name', 'maps')],
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p['maps'] is None:
+        module.exit_json(**sync(module, p['name'], p['entries'], p['prune']))
+    module.exit_json(**gather([(m['name'], sync(module, m['name'], m['entries'], m['prune'])) for m in p['maps']]))
 
 
 if __name__ == '__main__':

@@ -34,19 +34,42 @@ extends_documentation_fragment:
   - podnet.fabric.node_lock
 options:
   device:
-    description: The device whose clsact hook gets the program (an endpoint's C(lxc*) veth, the underlay device, the tunnel device).
+    description:
+      - The device whose clsact hook gets the program (an endpoint's C(lxc*) veth, the underlay device, the tunnel device).
+      - O(device), O(hook) and O(program) go together; either they or O(attachments) are required.
     type: str
-    required: true
   hook:
     description: The clsact hook. C(from_container) goes on the lxc device's C(ingress), C(to_container) on its C(egress).
     type: str
     choices: [ingress, egress]
-    required: true
   program:
     description: The program, a function of C(bpf/bpf_lxc.c), C(bpf/bpf_netdev.c) or C(bpf/bpf_overlay.c).
     type: str
     choices: [from_container, to_container, from_netdev, to_netdev, from_overlay]
-    required: true
+  attachments:
+    description:
+      - Several attachments in one run, reconciled one after the other in the order given, each as
+        O(device), O(hook) and O(program) would; O(defines), O(state) and O(pin_root) apply to all.
+        A source file is still compiled at most once (the first attachment that needs it compiles
+        it, the others reuse the pin, in check mode too).
+      - One module run on the node instead of one per hook. Not together with O(device), O(hook) or O(program).
+    type: list
+    elements: dict
+    suboptions:
+      device:
+        description: As O(device).
+        type: str
+        required: true
+      hook:
+        description: As O(hook).
+        type: str
+        choices: [ingress, egress]
+        required: true
+      program:
+        description: As O(program).
+        type: str
+        choices: [from_container, to_container, from_netdev, to_netdev, from_overlay]
+        required: true
   defines:
     description:
       - Node-level C(#define)s for the compile, name to value (an integer or a single token), for
@@ -103,6 +126,14 @@ EXAMPLES = r'''
     defines:
       CT_LIFETIME_NONTCP: 30
 
+- name: An endpoint's two hooks and the underlay's in one run
+  podnet.fabric.bpf_program:
+    attachments:
+      - {device: lxc2b1e0f4a9c3d, hook: ingress, program: from_container}
+      - {device: lxc2b1e0f4a9c3d, hook: egress, program: to_container}
+      - {device: eth0, hook: ingress, program: from_netdev}
+      - {device: eth0, hook: egress, program: to_netdev}
+
 - name: Detach (and unpin once no device runs it)
   podnet.fabric.bpf_program:
     device: lxc2b1e0f4a9c3d
@@ -113,12 +144,12 @@ EXAMPLES = r'''
 
 RETURN = r'''
 compiled:
-  description: Whether this run compiled the program's source file.
+  description: Whether this run compiled the program's source file (with O(attachments), any file).
   returned: always
   type: bool
   sample: false
 compile_seconds:
-  description: Wall time of bcc's compile and the program loads, when this run compiled.
+  description: Wall time of bcc's compile and the program loads, when this run compiled (with O(attachments), their sum).
   returned: always
   type: float
   sample: 0.62
@@ -157,6 +188,17 @@ state:
     filter: {prio: 1, handle: 1, kind: bpf, prog_id: 412, name: from_container, tag: 6d3f2c1b0a998877}
     other_filters: []
     program: {id: 412, tag: 6d3f2c1b0a998877, name: from_container, pin: /sys/fs/bpf/podnet/programs/from_container, hash: 0f4c...}
+attachments:
+  description:
+    - With O(attachments), each attachment's result in order (C(device), C(hook), C(program),
+      C(changed), C(compiled), C(plan), C(state)). The top-level C(plan) then gathers every
+      attachment's; C(program) and C(state) are those of the last one.
+  returned: when O(attachments) is given
+  type: list
+  elements: dict
+  sample: [{device: eth0, hook: ingress, program: from_netdev, changed: false, compiled: false, plan: [],
+            state: {device: eth0, hook: ingress, filter: {prio: 1, handle: 1, kind: bpf, prog_id: 415,
+            name: from_netdev, tag: 1a2b3c4d5e6f7081}, other_filters: [], program: null}}]
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -165,45 +207,97 @@ from ansible_collections.podnet.fabric.plugins.module_utils import bpf, netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
+def attach(module, ipr, item, carried):
+    """One attachment's reconcile pass: (its result, the loader). ``carried`` holds, per source file,
+    the pins and record a check-mode pass before this one projected for its compile, so a later
+    attachment of the same file plans no second compile."""
+    p = module.params
+    params = dict(item, defines=p['defines'], state=p['state'], pin_root=p['pin_root'])
+    name = 'bpf_program %s %s/%s' % (item['program'], item['device'], item['hook'])
+    try:
+        desired = bpf.desired_state(params, p['sources'])
+    except bpf.BpfError as e:
+        module.fail_json(msg='%s: %s' % (name, e))
+
+    def read():
+        realized = bpf.read(ipr, desired)
+        if desired['file'] in carried:
+            realized = dict(realized, pins=dict(realized['pins'], **carried[desired['file']]['pins']),
+                            record=carried[desired['file']]['record'])
+        return realized
+
+    loader = bpf.Loader(ipr, desired, p['sources'])
+    reconciler = Reconciler(
+        module,
+        read=read,
+        plan=lambda realized: bpf.plan(desired, realized),
+        apply=loader.apply,
+        project=lambda realized, actions: bpf.project(desired, realized, actions),
+        view=lambda realized: bpf.view(desired, realized),
+        describe=bpf.describe,
+        name=name,
+    )
+    result = reconciler.run()
+    if module.check_mode and any(a['action'] == 'compile' for a in result['plan']):
+        carried[desired['file']] = {'pins': reconciler.after['pins'], 'record': reconciler.after['record']}
+    program = result['state']['program']
+    return dict(result, compiled=loader.compiled, compile_seconds=loader.compile_seconds,
+                program=program if desired['state'] == 'present' else None)
+
+
+def gather(items, results):
+    """Several attachments' results as one module result (see RETURN: attachments)."""
+    out = dict(results[-1])
+    out.pop('diff', None)
+    out['attachments'] = [dict(((k, v) for k, v in r.items() if k not in ('diff', 'compile_seconds')),
+                               device=i['device'], hook=i['hook'], program=i['program'])
+                          for i, r in zip(items, results)]
+    out['changed'] = any(r['changed'] for r in results)
+    out['plan'] = [a for r in results for a in r['plan']]
+    out['compiled'] = any(r['compiled'] for r in results)
+    seconds = [r['compile_seconds'] for r in results if r['compile_seconds'] is not None]
+    out['compile_seconds'] = round(sum(seconds), 3) if seconds else None
+    out['diff'] = dict((side, dict(('%s %s' % (i['device'], i['hook']), r['diff'][side]) for i, r in zip(items, results)))
+                       for side in ('before', 'after'))
+    return out
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            device=dict(type='str', required=True),
-            hook=dict(type='str', required=True, choices=sorted(bpf.HOOKS)),
-            program=dict(type='str', required=True, choices=sorted(bpf.PROGRAMS)),
+            device=dict(type='str'),
+            hook=dict(type='str', choices=sorted(bpf.HOOKS)),
+            program=dict(type='str', choices=sorted(bpf.PROGRAMS)),
+            attachments=dict(type='list', elements='dict', options=dict(
+                device=dict(type='str', required=True),
+                hook=dict(type='str', required=True, choices=sorted(bpf.HOOKS)),
+                program=dict(type='str', required=True, choices=sorted(bpf.PROGRAMS)),
+            )),
             defines=dict(type='dict', default={}),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             pin_root=dict(type='path', default=bpf.DEFAULT_PIN_ROOT),
             sources=dict(type='dict', no_log=True),
         ),
+        mutually_exclusive=[('attachments', 'device'), ('attachments', 'hook'), ('attachments', 'program')],
+        required_one_of=[('attachments', 'device')],
+        required_together=[('device', 'hook', 'program')],
         supports_check_mode=True,
     )
     netlink.require_pyroute2(module)
     p = module.params
-    name = 'bpf_program %s %s/%s' % (p['program'], p['device'], p['hook'])
-    try:
-        desired = bpf.desired_state(p, p['sources'])
-    except bpf.BpfError as e:
-        module.fail_json(msg='%s: %s' % (name, e))
-    with error_funnel(module, name):
+    items = p['attachments']
+    with error_funnel(module, 'bpf_program'):
         ipr = netlink.IPRoute()
+    carried = {}
     try:
-        loader = bpf.Loader(ipr, desired, p['sources'])
-        result = Reconciler(
-            module,
-            read=lambda: bpf.read(ipr, desired),
-            plan=lambda realized: bpf.plan(desired, realized),
-            apply=loader.apply,
-            project=lambda realized, actions: bpf.project(desired, realized, actions),
-            view=lambda realized: bpf.view(desired, realized),
-            describe=bpf.describe,
-            name=name,
-        ).run()
+        if items is None:
+            result = attach(module, ipr, dict(device=p['device'], hook=p['hook'], program=p['program']), carried)
+        else:
+            result = gather(items, [attach(module, ipr, item, carried) for item in items]) if items else \
+                dict(changed=False, plan=[], attachments=[], compiled=False, compile_seconds=None)
     finally:
         ipr.close()
-    program = result['state']['program']
-    module.exit_json(compiled=loader.compiled, compile_seconds=loader.compile_seconds,
-                     program=program if desired['state'] == 'present' else None, **result)
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

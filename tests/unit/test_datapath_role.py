@@ -137,7 +137,7 @@ def test_disabled_detaches_every_attachment_then_unpins_the_rest():
     variables = dict(_load('roles/datapath/defaults/main.yml'))
     variables.update(inventory_hostname='node1', datapath_info=info, hostvars={'localhost': {'podnet_model': model()}},
                      node_prereqs_node={'underlay': {'name': 'eth0'}})
-    assert Templar(loader=LOADER, variables=variables).template(t['loop']) == [
+    assert Templar(loader=LOADER, variables=variables).template(t['podnet.fabric.bpf_program']['attachments']) == [
         {'device': 'lxc_health', 'hook': 'ingress', 'program': 'from_container'},
         {'device': 'lxcaaaaaaaaaaaa', 'hook': 'ingress', 'program': 'from_container'},
         {'device': 'eth0', 'hook': 'ingress', 'program': 'to_container'},
@@ -146,7 +146,7 @@ def test_disabled_detaches_every_attachment_then_unpins_the_rest():
 
 def test_maps_go_in_an_order_that_drops_no_allowed_packet():
     t = task('Sync the datapath maps')
-    assert [(m['name'], m['prune']) for m in t['loop']] == [
+    assert [(m['name'], m['prune']) for m in t['podnet.fabric.bpf_map']['maps']] == [
         ('ipcache', True), ('policy', False), ('endpoints', True), ('policy', True)]
 
 
