@@ -20,7 +20,7 @@ XDIST=${PODNET_XDIST:-3}
 MAKE="make --no-print-directory PODNET_BOOTSTRAPPED=1"
 # Molecule scenarios, longest first (wall seconds in the clean-clone run at 7c42626: ipam 346, bgp 223,
 # default 117, native 58); scenarios not listed follow.
-SCENARIOS=$(cd molecule && { for s in ipam bgp default native; do [ -f "$s/molecule.yml" ] && echo "$s"; done
+SCENARIOS=$(cd molecule && { for s in ipam datapath bgp default native; do [ -f "$s/molecule.yml" ] && echo "$s"; done
   for d in */molecule.yml; do echo "${d%/molecule.yml}"; done; } | awk '!seen[$0]++')
 
 rows=()     # "stage|job|seconds|result"
