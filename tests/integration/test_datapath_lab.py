@@ -215,16 +215,6 @@ def test_second_run_changes_nothing_and_compiles_nothing(pdp):
     assert all(recap(out)[n]['changed'] == 0 for n in NODES), out[-4000:]
 
 
-def test_a_label_change_moves_the_endpoint_and_the_policy_follows(pdp):
-    eps = dict(ENDPOINTS, node2=[ENDPOINTS['node2'][0], {'name': 'other-2', 'labels': {'app': 'client'}}])
-    pdp.write(endpoints=eps)
-    pdp.site()
-    assert tcp('other-2', 'web-1')
-    pdp.write()
-    pdp.site()
-    assert not tcp('other-2', 'web-1')
-
-
 def test_verify_walks_every_pair_against_the_policy(pdp):
     out = run_ok('verify.yml', pdp.inv)
     # Per node: 3 endpoints x 5 others on 8080, + 4240 to the other health endpoints (1 from the
@@ -233,17 +223,22 @@ def test_verify_walks_every_pair_against_the_policy(pdp):
     assert sorted(int(n) for n in walked) == [20, 20], out[-3000:]
 
 
-def test_removing_the_policy_lets_the_pair_through(pdp):
-    pdp.write(policy={'rules': []})
-    # Before the site run the datapath still enforces the old rule: the walk says where and why.
+def test_a_label_change_moves_the_endpoint_and_the_policy_follows(pdp):
+    # other-2 takes the clients' label: the inventory now allows it to reach web-1.
+    eps = dict(ENDPOINTS, node2=[ENDPOINTS['node2'][0], {'name': 'other-2', 'labels': {'app': 'client'}}])
+    pdp.write(endpoints=eps)
+    # Before the site run the datapath still holds other-2's old identity: the walk says where and why.
     rc, out = labutil.playbook('verify.yml', pdp.inv)
     assert rc != 0
     text = ' '.join(out.split())
-    assert ('node2 default/other-2 -> node1 default/web-1 (%s) tcp 8080: policy allow, observed dropped (timed out); '
+    assert ('node2 default/other-2 -> node1 default/web-1 (%s) tcp 8080: policy allow (rule 1), observed dropped (timed out); '
             'drops: ' % address('web-1')) in text and 'node1 policy denied (ingress, rule 1)' in text, out[-4000:]
+    # The site run moves other-2 to the clients' identity, and node1's policy follows: no restart.
+    before = bpf_info(pdp.inv, 'node1')['programs']
     pdp.site()
     assert tcp('other-2', 'web-1')
     assert tcp('client-1', 'web-1')
+    assert sorted(p['id'] for p in bpf_info(pdp.inv, 'node1')['programs']) == sorted(p['id'] for p in before)
 
 
 def test_disabled_leaves_no_pin_or_filter_and_removed_endpoints_go(pdp):
