@@ -8,8 +8,26 @@
 #include "lib/ipcache.h"
 #include "lib/policy.h"
 #include "lib/conntrack.h"
+#include "lib/ingress.h"
+#include "lib/host_routing.h"
 
-/* Egress of the endpoint: anti-spoofing, conntrack, egress policy. */
+/* A packet the endpoint's egress allowed: counted forwarded, then to the kernel, or with host
+ * routing to a local endpoint's namespace or out of the node toward a remote one. */
+static __always_inline int forward(struct __sk_buff *skb, const struct flow *f, const struct endpoint_value *src)
+{
+	int verdict = pass(skb, DIR_EGRESS);
+#if PODNET_HOST_ROUTING
+	struct endpoint_value *dst = endpoint_lookup(f->family, f->daddr);
+
+	if (dst)
+		return to_local_endpoint(skb, f, dst, src->identity);
+	return to_remote_endpoint(skb, f);
+#endif
+	return verdict;
+}
+
+/* Egress of the endpoint: anti-spoofing, conntrack, egress policy; with host routing, the packet
+ * then goes to its destination endpoint directly (lib/host_routing.h). */
 int from_container(struct __sk_buff *skb)
 {
 	struct flow f = {};
@@ -31,7 +49,7 @@ int from_container(struct __sk_buff *skb)
 		return drop(skb, REASON_INVALID_SOURCE, DIR_EGRESS, 0);
 
 	if (ct_established(&f, DIR_EGRESS) || ct_related(&f))
-		return pass(skb, DIR_EGRESS);
+		return forward(skb, &f, ep);
 
 	if (ep->flags & EP_ENFORCE_EGRESS) {
 		verdict = policy_verdict(ep->ep_id, DIR_EGRESS, identity_of(f.family, f.daddr), &f, &rule_id);
@@ -43,17 +61,15 @@ int from_container(struct __sk_buff *skb)
 	/* Tracked whether or not the egress is enforced: the peer's replies must find the entry
 	 * when this endpoint enforces its ingress. */
 	ct_create(&f, DIR_EGRESS, rule_id);
-	return pass(skb, DIR_EGRESS);
+	return forward(skb, &f, ep);
 }
 
-/* Ingress of the endpoint: ingress policy by the source's identity; replies pass by conntrack. */
+/* Ingress of the endpoint: ingress policy by the source's identity; replies pass by conntrack.
+ * Packets host routing delivers were judged the same way where they were redirected. */
 int to_container(struct __sk_buff *skb)
 {
 	struct flow f = {};
 	struct endpoint_value *ep;
-	__u32 identity;
-	__u16 rule_id = 0;
-	__u8 verdict;
 	int parsed;
 
 	parsed = parse_flow(skb, &f);
@@ -65,21 +81,7 @@ int to_container(struct __sk_buff *skb)
 	ep = endpoint_lookup(f.family, f.daddr);
 	if (!ep)
 		return drop(skb, REASON_NO_ENTRY, DIR_INGRESS, 0);
-
-	if (ct_established(&f, DIR_INGRESS) || ct_related(&f))
-		return pass(skb, DIR_INGRESS);
-
-	if (ep->flags & EP_ENFORCE_INGRESS) {
-		/* Carried by from_netdev/from_overlay when the packet came from outside the node. */
-		identity = mark_identity(skb->mark);
-		if (identity == ID_UNKNOWN)
-			identity = identity_of(f.family, f.saddr);
-		verdict = policy_verdict(ep->ep_id, DIR_INGRESS, identity, &f, &rule_id);
-		if (verdict == VERDICT_DENY)
-			return drop(skb, REASON_POLICY_DENIED, DIR_INGRESS, rule_id);
-		if (verdict != VERDICT_ALLOW)
-			return drop(skb, REASON_POLICY_DEFAULT_DENY, DIR_INGRESS, 0);
-	}
-	ct_create(&f, DIR_INGRESS, rule_id);
-	return pass(skb, DIR_INGRESS);
+	/* The identity from_netdev/from_overlay carried when the packet came from outside the node;
+	 * otherwise endpoint_ingress looks the source up. */
+	return endpoint_ingress(skb, &f, ep, mark_identity(skb->mark));
 }

@@ -4,6 +4,10 @@
 #include "lib/maps.h"
 #include "lib/metrics.h"
 #include "lib/ipcache.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/ingress.h"
+#include "lib/host_routing.h"
 
 /* A packet from outside the node to one of its endpoints: look up the source's identity in the
  * ipcache once, here, and carry it to to_container in skb->mark. Anything else (the node's own
@@ -11,12 +15,20 @@
 int from_netdev(struct __sk_buff *skb)
 {
 	struct flow f = {};
+	struct endpoint_value *ep;
+	__u32 identity;
 
 	if (parse_flow(skb, &f) != PARSE_OK)
 		return TC_ACT_OK;
-	if (!endpoint_lookup(f.family, f.daddr))
+	ep = endpoint_lookup(f.family, f.daddr);
+	if (!ep)
 		return TC_ACT_OK;
-	skb->mark = identity_mark(identity_of(f.family, f.saddr));
+	identity = identity_of(f.family, f.saddr);
+	skb->mark = identity_mark(identity);
+#if PODNET_HOST_ROUTING
+	/* Judged and delivered here (to_container is skipped), or left to the kernel with the mark. */
+	return to_local_endpoint(skb, &f, ep, identity);
+#endif
 	return TC_ACT_OK;
 }
 

@@ -74,3 +74,14 @@ def drops(metrics):
 
     return (sorted([e for e in entries if e['reason'] != 0], key=key),
             sorted([e for e in entries if e['reason'] == 0], key=key))
+
+
+def host_routing(records, pin_root, support):
+    """Pure: which host routing the pinned programs were compiled for ({file: bpf|kernel}, from the
+    loader's records), and whether the kernel has the helpers eBPF host routing needs."""
+    files = (records or {}).get(pin_root, {})
+    modes = dict((f, r.get('host_routing', 'kernel')) for f, r in sorted(files.items()))
+    missing = sorted('%s (%s)' % (h, why) for h, why in support.items() if why is not True)
+    distinct = sorted(set(modes.values()))
+    return {'mode': distinct[0] if len(distinct) == 1 else ('mixed' if distinct else None),
+            'files': modes, 'kernel_supports_bpf': not missing, 'missing': missing}

@@ -661,6 +661,9 @@ def libbcc():
             ('bpf_lookup_elem', ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p]),
             ('bpf_update_elem', ct.c_int, [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_ulonglong]),
             ('bpf_delete_elem', ct.c_int, [ct.c_int, ct.c_void_p]),
+            # (prog_type, name, insns, insns bytes, license, kern_version, log_level, log_buf, log_buf_size)
+            ('bcc_prog_load', ct.c_int, [ct.c_int, ct.c_char_p, ct.c_void_p, ct.c_int, ct.c_char_p, ct.c_uint,
+                                         ct.c_int, ct.c_char_p, ct.c_uint]),
         )
         for fname, restype, argtypes in sig:
             fn = getattr(lib, fname)

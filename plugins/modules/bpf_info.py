@@ -83,6 +83,14 @@ drops:
   type: list
   elements: dict
   sample: [{reason: 131, reason_name: policy denied, direction: ingress, rule: 2, packets: 3, bytes: 252}]
+host_routing:
+  description:
+    - The host routing the pinned programs were compiled for (C(mode) bpf, kernel, mixed while a run is under way,
+      or null without programs; C(files) per source file), and whether this kernel has the helpers eBPF host
+      routing needs (a trial load each, C(missing) names those it lacks).
+  returned: always
+  type: dict
+  sample: {mode: bpf, files: {bpf_lxc.c: bpf, bpf_netdev.c: bpf, bpf_overlay.c: bpf}, kernel_supports_bpf: true, missing: []}
 forwarded:
   description: Packets the endpoint programs passed, by direction.
   returned: always
@@ -95,7 +103,7 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import bpf_info, bpf_maps
+from ansible_collections.podnet.fabric.plugins.module_utils import bpf, bpf_info, bpf_maps
 
 
 def main():
@@ -135,8 +143,12 @@ def main():
     except (bpf_maps.BpfMapError, OSError) as e:
         module.fail_json(msg='bpf_info: %s' % e)
     drops, forwarded = bpf_info.drops(metrics)
+    try:
+        routing = bpf_info.host_routing(bpf.read_records(), pin_root, bpf.probe_helpers())
+    except (bpf_maps.BpfMapError, OSError, ValueError) as e:
+        module.fail_json(msg='bpf_info: host routing: %s' % e)
     module.exit_json(changed=False, programs=progs, maps=bpf_info.maps(bpftool('map', 'show'), pin_root, counts),
-                     attachments=attached, drops=drops, forwarded=forwarded)
+                     attachments=attached, drops=drops, forwarded=forwarded, host_routing=routing)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,12 @@ description:
   - The programs use the maps pinned under O(pin_root) (M(podnet.fabric.bpf_map)); the compile
     creates those that are missing, and refuses to run over a pinned map whose layout is not the
     one this collection expects.
+  - O(host_routing=bpf) compiles the programs for eBPF host routing. Traffic to an endpoint of the node is
+    delivered into the endpoint's namespace with C(bpf_redirect_peer), from the hook it arrives at, after the
+    endpoint's ingress judgement. Traffic from an endpoint to another node's endpoint leaves by
+    C(bpf_fib_lookup) and C(bpf_redirect) / C(bpf_redirect_neigh). Neither crosses the host's IP stack.
+    The kernel's support for the three helpers is probed with a trial load of a tiny program each run
+    (no compile). Without them the programs are compiled for kernel routing and RV(host_routing) says why.
   - With O(state=absent) the filter is removed from the hook, and the pinned program is unpinned
     when no other device's hook in the node's network namespace still runs it.
 author:
@@ -76,9 +82,18 @@ options:
         example C(CT_LIFETIME_NONTCP=60). Per-endpoint facts belong in the maps, never here.
       - They apply to the source file, so give the programs of one file the same defines (otherwise
         each run recompiles the file for the other).
-      - The loader sets C(PODNET_PIN_ROOT) from O(pin_root) itself.
+      - The loader sets C(PODNET_PIN_ROOT) from O(pin_root) and C(PODNET_HOST_ROUTING) from O(host_routing) itself.
     type: dict
     default: {}
+  host_routing:
+    description:
+      - C(bpf) redirects endpoint traffic in eBPF, around the host stack, where the kernel has the helpers,
+        else falls back to C(kernel). C(kernel) leaves routing to the kernel (the lxc veth, the host's routes
+        and netfilter).
+      - Like O(defines), it applies to the source file; give every program of a node the same.
+    type: str
+    choices: [bpf, kernel]
+    default: bpf
   state:
     description: Whether the program is attached.
     type: str
@@ -159,6 +174,11 @@ program:
   type: dict
   sample: {id: 412, tag: 6d3f2c1b0a998877, name: from_container, pin: /sys/fs/bpf/podnet/programs/from_container,
            hash: 0f4c...}
+host_routing:
+  description: The host routing the programs are compiled for (C(mode)), the one asked for, and the helpers the kernel lacks when C(bpf) fell back to C(kernel).
+  returned: when O(state=present)
+  type: dict
+  sample: {requested: bpf, mode: bpf, missing: []}
 plan:
   description: The actions taken, or that would be taken in check mode.
   returned: always
@@ -207,15 +227,16 @@ from ansible_collections.podnet.fabric.plugins.module_utils import bpf, netlink
 from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Reconciler, argument_spec, error_funnel
 
 
-def attach(module, ipr, item, carried):
+def attach(module, ipr, item, carried, support):
     """One attachment's reconcile pass: (its result, the loader). ``carried`` holds, per source file,
     the pins and record a check-mode pass before this one projected for its compile, so a later
-    attachment of the same file plans no second compile."""
+    attachment of the same file plans no second compile. ``support``: the probed host-routing
+    helpers (None when not probed)."""
     p = module.params
-    params = dict(item, defines=p['defines'], state=p['state'], pin_root=p['pin_root'])
+    params = dict(item, defines=p['defines'], state=p['state'], pin_root=p['pin_root'], host_routing=p['host_routing'])
     name = 'bpf_program %s %s/%s' % (item['program'], item['device'], item['hook'])
     try:
-        desired = bpf.desired_state(params, p['sources'])
+        desired = bpf.desired_state(params, p['sources'], support)
     except bpf.BpfError as e:
         module.fail_json(msg='%s: %s' % (name, e))
 
@@ -242,7 +263,7 @@ def attach(module, ipr, item, carried):
         carried[desired['file']] = {'pins': reconciler.after['pins'], 'record': reconciler.after['record']}
     program = result['state']['program']
     return dict(result, compiled=loader.compiled, compile_seconds=loader.compile_seconds,
-                program=program if desired['state'] == 'present' else None)
+                program=program if desired['state'] == 'present' else None, host_routing=desired['host_routing'])
 
 
 def gather(items, results):
@@ -276,6 +297,7 @@ def main():
             defines=dict(type='dict', default={}),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             pin_root=dict(type='path', default=bpf.DEFAULT_PIN_ROOT),
+            host_routing=dict(type='str', choices=list(bpf.HOST_ROUTING_MODES), default='bpf'),
             sources=dict(type='dict', no_log=True),
         ),
         mutually_exclusive=[('attachments', 'device'), ('attachments', 'hook'), ('attachments', 'program')],
@@ -286,15 +308,20 @@ def main():
     netlink.require_pyroute2(module)
     p = module.params
     items = p['attachments']
+    # The kernel's support of host routing's helpers, probed once for every attachment of the run.
+    support = None
+    if p['state'] == 'present' and p['host_routing'] == 'bpf':
+        with error_funnel(module, 'bpf_program host_routing'):
+            support = bpf.probe_helpers()
     with error_funnel(module, 'bpf_program'):
         ipr = netlink.IPRoute()
     carried = {}
     try:
         if items is None:
-            result = attach(module, ipr, dict(device=p['device'], hook=p['hook'], program=p['program']), carried)
+            result = attach(module, ipr, dict(device=p['device'], hook=p['hook'], program=p['program']), carried, support)
         else:
-            result = gather(items, [attach(module, ipr, item, carried) for item in items]) if items else \
-                dict(changed=False, plan=[], attachments=[], compiled=False, compile_seconds=None)
+            result = gather(items, [attach(module, ipr, item, carried, support) for item in items]) if items else \
+                dict(changed=False, plan=[], attachments=[], compiled=False, compile_seconds=None, host_routing=None)
     finally:
         ipr.close()
     module.exit_json(**result)

@@ -338,8 +338,10 @@ def test_first_run_compiles_each_file_once_and_attaches_one_filter_per_hook(atta
         m = bpftool('map', 'show', 'pinned', spec.path(PIN_ROOT))
         assert (m['bytes_key'], m['bytes_value'], m['max_entries']) == (spec.key_size, spec.value_size, spec.max_entries)
         pinned[m['id']] = name
+    # With host routing (bpf_program's default, on this kernel) from_netdev and from_overlay judge
+    # and deliver to the endpoint themselves: every map.
     uses = {'from_container': sorted(bpf_maps.MAPS), 'to_container': sorted(bpf_maps.MAPS),
-            'from_netdev': ['endpoints', 'ipcache'], 'from_overlay': ['endpoints', 'ipcache'], 'to_netdev': []}
+            'from_netdev': sorted(bpf_maps.MAPS), 'from_overlay': sorted(bpf_maps.MAPS), 'to_netdev': []}
     for program, names in uses.items():
         assert sorted(pinned[i] for i in pinned_prog(program).get('map_ids', [])) == names, program
     assert dump('policy') == bpf_maps.normalize('policy', MAPS[2]['entries'])

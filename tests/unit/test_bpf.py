@@ -255,9 +255,10 @@ def test_the_hash_follows_text_defines_and_pin_root_only():
     assert h != bpf.unit_hash(t, {}, '/sys/fs/bpf/other')
     assert h != bpf.unit_hash(t + '\n', {}, '/sys/fs/bpf/podnet')
     # A header bpf_netdev.c does not include does not change its hash.
-    changed = dict(SOURCES, **{'lib/policy.h': SOURCES['lib/policy.h'] + '/* x */\n'})
+    extra = dict(SOURCES, **{'lib/extra.h': '/* x */\n', 'x.c': '#include "lib/extra.h"\n'})
+    changed = dict(extra, **{'lib/extra.h': '/* y */\n'})
     assert bpf.unit_hash(bpf.expand(changed, 'bpf_netdev.c'), {}, '/sys/fs/bpf/podnet') == h
-    assert bpf.expand(changed, 'bpf_lxc.c') != bpf.expand(SOURCES, 'bpf_lxc.c')
+    assert bpf.expand(changed, 'x.c') != bpf.expand(extra, 'x.c')
 
 
 @pytest.mark.parametrize('defines, error', [
@@ -277,11 +278,49 @@ def test_defines_become_cflags():
 
 
 PARAMS = {'device': 'lxc1', 'hook': 'ingress', 'program': 'from_container', 'defines': {}, 'state': 'present',
-          'pin_root': '/sys/fs/bpf/podnet'}
+          'pin_root': '/sys/fs/bpf/podnet', 'host_routing': 'bpf'}
+SUPPORTED = dict((h, True) for h, _id in bpf.HOST_ROUTING_HELPERS)
 
 
-def desired(**kw):
-    return bpf.desired_state(dict(PARAMS, **kw), SOURCES)
+def desired(support=SUPPORTED, **kw):
+    return bpf.desired_state(dict(PARAMS, **kw), SOURCES, support)
+
+
+# ---------------------------------------------------------------- host routing
+
+def test_host_routing_bpf_where_the_kernel_has_the_helpers():
+    d = desired()
+    assert d['host_routing'] == {'requested': 'bpf', 'mode': 'bpf', 'missing': []}
+    assert d['compile_defines'] == {'PODNET_HOST_ROUTING': '1'} and d['defines'] == {}
+
+
+def test_host_routing_falls_back_to_kernel_and_says_why():
+    d = desired(support=dict(SUPPORTED, bpf_redirect_peer='invalid func unknown#155'))
+    assert d['host_routing'] == {'requested': 'bpf', 'mode': 'kernel',
+                                 'missing': ['bpf_redirect_peer (invalid func unknown#155)']}
+    assert d['compile_defines'] == {'PODNET_HOST_ROUTING': '0'}
+    # The same programs as host_routing kernel: the same hash, no recompile between the two.
+    assert d['hash'] == desired(host_routing='kernel', support=None)['hash']
+    assert d['hash'] != desired()['hash']
+
+
+def test_host_routing_kernel_needs_no_probe_and_bpf_does():
+    assert desired(host_routing='kernel', support=None)['host_routing']['mode'] == 'kernel'
+    with pytest.raises(bpf.BpfError, match='probed'):
+        desired(support=None)
+    with pytest.raises(bpf.BpfError, match="host_routing: 'xdp'"):
+        desired(host_routing='xdp')
+    with pytest.raises(bpf.BpfError, match='set by the loader'):
+        desired(defines={'PODNET_HOST_ROUTING': 1})
+
+
+def test_probe_programs_call_the_helper_and_return_zero():
+    for _name, helper in bpf.HOST_ROUTING_HELPERS:
+        insns = bpf.probe_program(helper)
+        assert len(insns) % 8 == 0
+        code = [insns[i] for i in range(0, len(insns), 8)]
+        assert code[-3:] == [0x85, 0xb7, 0x95]
+        assert int.from_bytes(insns[-24 + 4:-16], 'little') == helper
 
 
 @pytest.mark.parametrize('params, error', [
@@ -438,7 +477,8 @@ def test_the_action_plugin_reads_the_repo_bpf_directory():
     assert os.path.samefile(action.BPF_DIR, os.path.join(REPO, 'bpf'))
     assert bpf.read_sources(action.BPF_DIR) == SOURCES
     assert set(SOURCES) == {'bpf_lxc.c', 'bpf_netdev.c', 'bpf_overlay.c', 'lib/common.h', 'lib/conntrack.h',
-                            'lib/ipcache.h', 'lib/maps.h', 'lib/metrics.h', 'lib/policy.h'}
+                            'lib/host_routing.h', 'lib/ingress.h', 'lib/ipcache.h', 'lib/maps.h', 'lib/metrics.h',
+                            'lib/policy.h'}
 
 
 # ---------------------------------------------------------------- the contract, end to end (pure)
@@ -508,3 +548,18 @@ def test_controller_entries_encoded_here_give_the_controllers_verdicts():
                     seen.add(got if got[1] in (None, 'default deny') else got[0])
     # Not vacuous: allows, denies, default denies and unenforced directions all came up.
     assert seen == {'allow', 'deny', ('deny', 'default deny'), ('allow', None)}
+
+
+def test_bpf_info_reports_the_mode_per_file_and_the_kernels_support():
+    from ansible_collections.podnet.fabric.plugins.module_utils import bpf_info
+    root = '/sys/fs/bpf/podnet'
+    records = {root: {'bpf_lxc.c': {'host_routing': 'bpf'}, 'bpf_netdev.c': {'host_routing': 'bpf'}},
+               '/sys/fs/bpf/other': {'bpf_lxc.c': {'host_routing': 'kernel'}}}
+    assert bpf_info.host_routing(records, root, SUPPORTED) == {
+        'mode': 'bpf', 'files': {'bpf_lxc.c': 'bpf', 'bpf_netdev.c': 'bpf'}, 'kernel_supports_bpf': True, 'missing': []}
+    # A record from before host routing existed was compiled for the kernel's.
+    records[root]['bpf_overlay.c'] = {}
+    got = bpf_info.host_routing(records, root, dict(SUPPORTED, bpf_fib_lookup='invalid func unknown#69'))
+    assert got['mode'] == 'mixed' and got['files']['bpf_overlay.c'] == 'kernel'
+    assert got['kernel_supports_bpf'] is False and got['missing'] == ['bpf_fib_lookup (invalid func unknown#69)']
+    assert bpf_info.host_routing({}, root, SUPPORTED)['mode'] is None
