@@ -1,5 +1,6 @@
-"""Datapath benchmark: node-to-node vs pod-to-pod native vs pod-to-pod VXLAN, BGP convergence, and
-the connectivity gap while a cluster switches between tunnel and native routing.
+"""Datapath benchmark: node-to-node vs pod-to-pod native (kernel routing, and eBPF host routing) vs
+pod-to-pod VXLAN, BGP convergence, and the connectivity gap while a cluster switches between tunnel
+and native routing.
 
 Run: .venv/bin/python bench/datapath.py [--rounds 9] [--seconds 4] [--bgp-rounds 3] | --quick
 Writes bench/results/datapath.json and prints the figures and ratios. --quick (CI: proves the
@@ -8,15 +9,19 @@ round of 1 s; one switch (tunnel -> native) overlapped with one BGP restart; wri
 build/bench/datapath.quick.json.
 Exits non-zero when something breaks: a missing tool, a failed playbook, iperf3 or ping, a lab
 left behind. A missed target is reported (figures, `ok`), not an error. Before setup, leftovers of
-the bench's own labs (pbn, pbv, pbc; a killed run) are purged; teardown runs whatever happens.
+the bench's own labs (pbn, pbv, pbc, pbd; a killed run) are purged; teardown runs whatever happens.
 
 Method (DESIGN.md section 9: single pairs vary by +-6-8% on a 2-vCPU VM). The three labs below are
 set up side by side first (lab_up, lab_tor, site.yml), then measured one thing at a time.
-- Two labs converged with playbooks/site.yml: `pbn` (native routing, direct routes) and `pbv`
-  (VXLAN overlay), two nodes each, the same pod MTU (1450) in both. Pods are the nodes' health
-  endpoints (netns podnet-health, a veth to the node), as the product sets them up.
-- Configurations are interleaved A B C, A B C ... over the rounds: A = node to node over the
-  underlay (pbn's node1 -> node2), B = pod to pod native (pbn), C = pod to pod VXLAN (pbv).
+- Three labs converged with playbooks/site.yml: `pbn` (native routing, direct routes, eBPF datapath
+  with podnet_datapath.host_routing kernel), `pbd` (the same with host_routing bpf: bpf_redirect_peer
+  into the pod, bpf_fib_lookup + redirect out of it) and `pbv` (VXLAN overlay, host_routing kernel),
+  two nodes each, the same pod MTU (1450) in all. Pods are the nodes' health endpoints (netns
+  podnet-health, a veth to the node), as the product sets them up. pbd's programs must say they were
+  compiled for bpf host routing (the loader's record), else the bench fails.
+- Configurations are interleaved A B C D, A B C D ... over the rounds: A = node to node over the
+  underlay (pbn's node1 -> node2), B = pod to pod native, kernel routing (pbn), C = pod to pod
+  native, eBPF host routing (pbd), D = pod to pod VXLAN (pbv).
   Each is one iperf3 TCP stream for --seconds (client on CPU 0, server on CPU 1) and a ping RTT
   (--pings echoes, 50 by default, 10 ms apart). Figures are medians over the rounds. Each ratio is the median of the per-round paired ratios, with min-max.
 - BGP convergence (lab `pbc`, three nodes peering with the ToR's FRR, BIRD on the nodes): a node's
@@ -25,7 +30,8 @@ set up side by side first (lab_up, lab_tor, site.yml), then measured one thing a
   peer node's kernel, polled every 20 ms. Repeated --bgp-rounds times.
 - Switch gap: in pbv, a pod on node1 pings a pod on node2 every 10 ms while site.yml switches the
   cluster tunnel -> native, then native -> tunnel; the gap is the longest time without a reply.
-Targets (issue 4): vxlan/native >= 0.90, native/node >= 0.85, BGP convergence < 3 s.
+Targets (issue 4): vxlan/native >= 0.90, native/node >= 0.85, BGP convergence < 3 s; (issue 10)
+bpf/node >= 0.95 and bpf/native >= 1.05 (eBPF host routing against node to node and kernel routing).
 """
 from __future__ import print_function
 
@@ -44,16 +50,19 @@ import time
 import _common  # first: makes ansible_collections.podnet.fabric importable
 from _common import BenchError, nsenter as enter, playbook, run
 
-PREFIXES = ('pbn', 'pbv', 'pbc')
+PREFIXES = ('pbn', 'pbv', 'pbc', 'pbd')
 HEALTH_NS = 'podnet-health'
-TARGETS = {'vxlan/native': 0.90, 'native/node': 0.85, 'bgp_convergence_s': 3.0}
+TARGETS = {'vxlan/native': 0.90, 'native/node': 0.85, 'bpf/node': 0.95, 'bpf/native': 1.05, 'bgp_convergence_s': 3.0}
+RATIOS = ('native/node', 'vxlan/native', 'bpf/node', 'bpf/native')
 QUICK = {'rounds': 1, 'seconds': 1, 'bgp_rounds': 1, 'pings': 10}
 TOOLS = ('iperf3', 'ping', 'nsenter', 'taskset', 'ip')
-LABS = {'pbn': (2, 'native', 1450), 'pbv': (2, 'tunnel', 0), 'pbc': (3, 'bgp', 0)}  # nodes, routing, mtu
+LABS = {'pbn': (2, 'native', 1450), 'pbv': (2, 'tunnel', 0), 'pbc': (3, 'bgp', 0), 'pbd': (2, 'native', 1450)}  # nodes, routing, mtu
+HOST_ROUTING = {'pbn': 'kernel', 'pbv': 'kernel', 'pbc': 'kernel', 'pbd': 'bpf'}
 SWITCHES = (('tunnel->native', 'native', 1450), ('native->tunnel', 'tunnel', 0))  # in pbv; quick: the first
 
 CLUSTER = """---
 podnet_cluster: {name: %(name)s, id: 0}
+podnet_datapath: {host_routing: %(host_routing)s}
 podnet_ipam:
   mode: cluster-pool
   ledger: {backend: file, path: "/run/podnet-lab/{{ podnet_lab_prefix }}/ledger.json"}
@@ -90,7 +99,7 @@ def inventory(tmp, prefix, nodes, routing, mtu):
 
 def write_cluster(d, name, routing, mtu):
     with open(os.path.join(d, 'group_vars', 'all', 'cluster.yml'), 'w') as f:
-        f.write(CLUSTER % {'name': name, 'routing': ROUTING[routing] % {'mtu': mtu}})
+        f.write(CLUSTER % {'name': name, 'routing': ROUTING[routing] % {'mtu': mtu}, 'host_routing': HOST_ROUTING[name]})
 
 
 def health_ip(prefix, node):
@@ -173,27 +182,44 @@ def setup(tmp):
     return invs
 
 
+def host_routing_mode(prefix, node):
+    """The host routing the node's programs were compiled for (the loader's record, per file)."""
+    rc, out, err = run(enter(prefix, node, ['cat', '/var/lib/podnet/bpf/programs.json']))
+    try:
+        files = json.loads(out)['/sys/fs/bpf/podnet']
+    except (ValueError, KeyError):
+        raise BenchError('%s/%s: no record of the datapath programs (%s)' % (prefix, node, (out + err).strip()[-300:]))
+    return sorted(set(r.get('host_routing', 'kernel') for r in files.values()))
+
+
 def throughput(args):
-    pod = {'native': health_ip('pbn', 'node2'), 'vxlan': health_ip('pbv', 'node2')}
+    for prefix in ('pbn', 'pbd'):
+        for node in ('node1', 'node2'):
+            if host_routing_mode(prefix, node) != [HOST_ROUTING[prefix]]:
+                raise BenchError('%s/%s: programs compiled for host routing %s, not %s' % (
+                    prefix, node, host_routing_mode(prefix, node), HOST_ROUTING[prefix]))
+    pod = {'native': health_ip('pbn', 'node2'), 'vxlan': health_ip('pbv', 'node2'), 'bpf': health_ip('pbd', 'node2')}
     configs = [('node', 'pbn', None, '192.168.50.12'), ('native', 'pbn', HEALTH_NS, pod['native']),
-               ('vxlan', 'pbv', HEALTH_NS, pod['vxlan'])]
+               ('bpf', 'pbd', HEALTH_NS, pod['bpf']), ('vxlan', 'pbv', HEALTH_NS, pod['vxlan'])]
     rounds = []
     for r in range(args.rounds):
         row = {}
         for name, prefix, netns, address in configs:
             row[name] = {'gbps': iperf(prefix, 'node2', 'node1', address, args.seconds, netns=netns),
                          'rtt_ms': rtt(prefix, 'node1', address, netns=netns, count=args.pings)}
-        row['native/node'] = row['native']['gbps'] / row['node']['gbps']
-        row['vxlan/native'] = row['vxlan']['gbps'] / row['native']['gbps']
+        for ratio in RATIOS:
+            a, b = ratio.split('/')
+            row[ratio] = row[a]['gbps'] / row[b]['gbps']
         rounds.append(row)
-        print('round %d: node %.2f, native %.2f, vxlan %.2f Gbit/s; native/node %.3f, vxlan/native %.3f' % (
-            r + 1, row['node']['gbps'], row['native']['gbps'], row['vxlan']['gbps'], row['native/node'],
-            row['vxlan/native']), flush=True)
-    out = {'rounds': rounds, 'seconds_per_run': args.seconds, 'pings_per_run': args.pings, 'pod_mtu': 1450}
-    for name in ('node', 'native', 'vxlan'):
+        print('round %d: node %.2f, native %.2f, bpf %.2f, vxlan %.2f Gbit/s; %s' % (
+            r + 1, row['node']['gbps'], row['native']['gbps'], row['bpf']['gbps'], row['vxlan']['gbps'],
+            ', '.join('%s %.3f' % (x, row[x]) for x in RATIOS)), flush=True)
+    out = {'rounds': rounds, 'seconds_per_run': args.seconds, 'pings_per_run': args.pings, 'pod_mtu': 1450,
+           'host_routing': dict((p, HOST_ROUTING[p]) for p in ('pbn', 'pbd', 'pbv'))}
+    for name in ('node', 'native', 'bpf', 'vxlan'):
         out[name] = {'gbps': stats([x[name]['gbps'] for x in rounds]),
                      'rtt_ms': stats([x[name]['rtt_ms'] for x in rounds])}
-    for ratio in ('native/node', 'vxlan/native'):
+    for ratio in RATIOS:
         out[ratio] = stats([x[ratio] for x in rounds])
     return out
 
@@ -366,7 +392,7 @@ def teardown(tmp):
 
 def measure(args, tmp):
     invs = setup(tmp)
-    _phase('labs pbn, pbv, pbc up and converged')
+    _phase('labs %s up and converged' % ', '.join(PREFIXES))
     tput = throughput(args)
     _phase('throughput and RTT, %d rounds' % args.rounds)
     switches = SWITCHES[:1] if args.quick else SWITCHES
@@ -428,22 +454,25 @@ def main():
            'settings': {'rounds': args.rounds, 'seconds': args.seconds, 'bgp_rounds': args.bgp_rounds,
                         'pings': args.pings},
            'method': 'iperf3 single TCP stream, client CPU 0, server CPU 1; configurations interleaved '
-                     'node, native, vxlan per round; figures are medians over the rounds; ratios = median '
-                     'of per-round paired ratios',
+                     'node, native (kernel routing), bpf (eBPF host routing), vxlan per round; figures are medians '
+                     'over the rounds; ratios = median of per-round paired ratios',
            'throughput': tput, 'switch': gap, 'bgp_convergence': bgp, 'targets': TARGETS,
            'phases': PHASES, 'wall_s': round(time.time() - t_start, 1),
            'ok': {'vxlan/native': tput['vxlan/native']['median'] >= TARGETS['vxlan/native'],
                   'native/node': tput['native/node']['median'] >= TARGETS['native/node'],
+                  'bpf/node': tput['bpf/node']['median'] >= TARGETS['bpf/node'],
+                  'bpf/native': tput['bpf/native']['median'] >= TARGETS['bpf/native'],
                   'bgp_convergence': max(bgp['tor_s']['median'], bgp['peer_s']['median']) < TARGETS['bgp_convergence_s']}}
     doc.update(prov)
     doc['machine']['loadavg_at_end'] = [round(x, 2) for x in os.getloadavg()]
     print()
     print('%-22s %10s %18s %10s' % ('path', 'Gbit/s', 'min-max', 'RTT ms'))
-    for name, label in (('node', 'node to node'), ('native', 'pod to pod native'), ('vxlan', 'pod to pod VXLAN')):
+    for name, label in (('node', 'node to node'), ('native', 'pod to pod native'), ('bpf', 'pod to pod bpf host rt'),
+                        ('vxlan', 'pod to pod VXLAN')):
         g = tput[name]['gbps']
         span = '%.2f-%.2f' % (g['min'], g['max'])
         print('%-22s %10.2f %18s %10.3f' % (label, g['median'], span, tput[name]['rtt_ms']['median']))
-    for ratio in ('native/node', 'vxlan/native'):
+    for ratio in RATIOS:
         s = tput[ratio]
         print('%-22s %10.3f %18s   target >= %.2f %s' % (ratio, s['median'], '%.3f-%.3f' % (s['min'], s['max']),
                                                          TARGETS[ratio], 'ok' if doc['ok'][ratio] else 'MISSED'))
