@@ -282,8 +282,9 @@ PARAMS = {'device': 'lxc1', 'hook': 'ingress', 'program': 'from_container', 'def
 SUPPORTED = dict((h, True) for h, _id in bpf.HOST_ROUTING_HELPERS)
 
 
-def desired(support=SUPPORTED, **kw):
-    return bpf.desired_state(dict(PARAMS, **kw), SOURCES, support)
+def desired(support='all', **kw):
+    """support: the probe's result ('all': every helper; None: not probed)."""
+    return bpf.desired_state(dict(PARAMS, **kw), SOURCES, SUPPORTED if support == 'all' else support)
 
 
 # ---------------------------------------------------------------- host routing
