@@ -297,8 +297,8 @@ def create_and_attach(ec2, act):
 
 
 def attach(ec2, act):
-    what = '%s: AttachNetworkInterface %s to %s as device %d' % (act['node'], act['eni_id'], act['instance_id'],
-                                                                  act['device_index'])
+    what = '%s: AttachNetworkInterface %s to %s as device %d' % (
+        act['node'], act['eni_id'], act['instance_id'], act['device_index'])
     resp = ec2.call('AttachNetworkInterface', what, NetworkInterfaceId=act['eni_id'], InstanceId=act['instance_id'],
                     DeviceIndex=act['device_index'])
     if act.get('unmark'):
