@@ -129,7 +129,7 @@ class ActionModule(ctl.IpamAction):
                     if entry is None:
                         entry = d['nodes'][n] = {'ip': model['nodes'][n]['node_ip'], 'cidrs': {'ipv4': [], 'ipv6': []},
                                                  'pools': {}, 'allocated_at': d.get('serial', 0) + 1}
-                    entry['eni'] = after[n]
+                    entry['eni'] = dict(after[n], limit=(out['plan']['nodes'].get(n) or {}).get('limit'))
                 d['eni_subnets'] = dict((d.get('eni_subnets') or {}), **subnets)
                 return d
             try:
