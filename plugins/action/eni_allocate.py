@@ -108,7 +108,7 @@ class ActionModule(ctl.IpamAction):
         ec2 = eni_cloud.Ec2(cfg['region'], cfg.get('endpoint_url'))
         try:
             out = eni_cloud.converge(ec2, cluster, cfg, nodes, model_nodes=list(model['nodes']), check=check,
-                                     workers=workers)
+                                     workers=workers, run_key='%s@%s' % (led.location, doc.get('serial', 0)))
         except eni_plan.EniPlanError as e:
             result.update(failed=True, changed=False, msg=str(e), errors=e.errors, api_calls=ec2.api_calls())
             return result

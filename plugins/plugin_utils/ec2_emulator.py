@@ -11,15 +11,19 @@ On top of moto (5.x):
 - requests are served one at a time: moto's backends are plain dicts mutated by a threaded server;
 - ModifyNetworkInterfaceAttribute honours Attachment.DeleteOnTermination (moto ignores it, so a
   correct client would never converge against it);
+- CreateNetworkInterface honours ClientToken as EC2 does (moto ignores it): a repeated token gets the
+  first answer, the same ENI, instead of a second one;
 - fault injection, in the server so that it reaches every client process (an ansible-playbook run and
   its forks, not only a test's own process) and so that the client's whole retry path runs (botocore's
   standard retry mode, then eni_cloud's backoff), which a botocore event hook inside the client would
   short-circuit: POST /podnet-emulator/faults with a JSON list of rules
   {"action": "AttachNetworkInterface" | "*", "code": "RequestLimitExceeded", "status": 503,
-   "times": 3, "skip": 0} (answer the action's next `times` requests, after `skip` of them, with that
-  error) or {"action": ..., "hold": 30, "after": {"action": "CreateNetworkInterface", "count": 2}}
-  (once `count` such requests were answered, hold each request of `action` for up to `hold` seconds,
-  or until the rules are replaced: a window in which a test can kill the client);
+   "times": 3, "skip": 0, "param": "Ipv4PrefixCount"} (answer the action's next `times` requests
+  that carry `param`, if given, after `skip` of them, with that error) or {"action": ..., "hold": 30,
+  "after": {"action": "CreateNetworkInterface", "count": 2}, "drop": true} (once `count` such
+  requests were answered, hold each request of `action` for up to `hold` seconds, or until the rules
+  are replaced: a window in which a test can kill the client; with `drop` the held request is then
+  answered with an error instead of being served, as if it never reached EC2);
 - GET /podnet-emulator/stats: {"requests": {action: n}, "faults": {action: n}, "held": n};
   POST /podnet-emulator/stats/reset.
 moto's own POST /moto-api/reset empties every backend.
@@ -57,6 +61,7 @@ class Emulator(object):
         self.requests = {}
         self.faults = {}
         self.held = 0
+        self.tokens = {}                      # CreateNetworkInterface ClientToken -> the first answer
 
     def _json(self, start_response, doc, status='200 OK'):
         body = json.dumps(doc).encode()
@@ -78,7 +83,7 @@ class Emulator(object):
                                                    'held': self.held})
         return self._json(start_response, {'error': 'unknown path %s' % path}, '404 Not Found')
 
-    def _fault(self, action):
+    def _fault(self, action, params):
         """The error to answer with, or None; holds the request first when a hold rule says so."""
         with self.state:
             for rule in self.rules:
@@ -89,12 +94,18 @@ class Emulator(object):
                     continue
                 deadline = time.monotonic() + float(rule['hold'])
                 self.held += 1
+                self.state.notify_all()
                 rules = self.rules
                 while self.rules is rules and time.monotonic() < deadline:
                     self.state.wait(deadline - time.monotonic())
+                if rule.get('drop'):
+                    # the client was killed while its request waited: the request never reaches EC2
+                    return {'code': 'RequestDropped', 'status': 503}
                 break
             for rule in self.rules:
                 if rule.get('action') not in ('*', action) or 'code' not in rule:
+                    continue
+                if rule.get('param') and rule['param'] not in params:
                     continue
                 rule['_seen'] += 1
                 if rule['_seen'] <= int(rule.get('skip', 0)) or rule['_hit'] >= int(rule.get('times', 1)):
@@ -114,7 +125,7 @@ class Emulator(object):
         params = parse_qs(body.decode('utf-8', 'replace')) if body else parse_qs(environ.get('QUERY_STRING') or '')
         action = (params.get('Action') or [''])[0]
         if action:
-            rule = self._fault(action)
+            rule = self._fault(action, params)
             if rule is not None:
                 code = rule['code']
                 data = (_ERROR_XML % (code, _MESSAGES.get(code, code), uuid.uuid4())).encode()
@@ -122,8 +133,20 @@ class Emulator(object):
                 start_response('%d %s' % (status, 'Service Unavailable' if status == 503 else 'Bad Request'),
                                [('Content-Type', 'text/xml'), ('Content-Length', str(len(data)))])
                 return [data]
+        token = (params.get('ClientToken') or [''])[0] if action == 'CreateNetworkInterface' else ''
         with self.lock:
-            out = list(self.app(environ, start_response))
+            if token and token in self.tokens:
+                status, headers, out = self.tokens[token]
+                start_response(status, headers)
+            else:
+                seen = {}
+
+                def keep(status, headers, exc_info=None):
+                    seen['status'], seen['headers'] = status, headers
+                    return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+                out = list(self.app(environ, keep))
+                if token and seen.get('status', '').startswith('200'):
+                    self.tokens[token] = (seen['status'], seen['headers'], out)
         if action:
             with self.state:
                 self.requests[action] = self.requests.get(action, 0) + 1

@@ -24,13 +24,17 @@ A no-op run costs these 4-5 calls; writes are made per node, and each write is w
 Idempotency of a create: the ENI is created with its ownership tags in the same call
 (TagSpecifications), so a run killed between CreateNetworkInterface and AttachNetworkInterface leaves
 an ENI the next run's read finds (detached, ours, tagged for the node) and attaches instead of
-creating another. A ClientToken (one per planned create, the same on every retry of that request)
-makes a retried create whose first answer was lost return the first ENI instead of a second one.
+creating another. A ClientToken makes a create whose first answer was lost return the first ENI instead of a
+second one: the same on every retry of the request, and on the next run's create for the same node,
+instance, device index, subnet and size as long as the ledger's serial is the same (an interrupted run
+records nothing). That covers a create the killed run had sent but EC2 had not finished when the next
+run read the fleet.
 """
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import os
 import random
 import re
@@ -95,7 +99,8 @@ class Ec2(object):
     """The EC2 client: retries, call counts, errors with codes.
 
     calls: {operation: number of calls made} (each retry of botocore's or ours counts as an attempt in
-    `attempts`, not a call). attempts: {operation: HTTP requests sent}. throttled: throttling answers."""
+    `attempts`, not a call). attempts: {operation: HTTP requests sent}. throttled: throttling answers
+    received; backoff_retries: calls repeated by our backoff after botocore had given up."""
 
     def __init__(self, region, endpoint_url=None, max_attempts=8, backoff_base=0.2, backoff_cap=5.0,
                  our_retries=6, client=None):
@@ -108,6 +113,7 @@ class Ec2(object):
         self.calls = {}
         self.attempts = {}
         self.throttled = 0
+        self.backoff_retries = 0
         self._lock = threading.Lock()
         self._client = client
         self._errors = None
@@ -129,7 +135,16 @@ class Ec2(object):
                 if self.endpoint_url:
                     kwargs['endpoint_url'] = self.endpoint_url
                 self._client = boto3.client('ec2', **kwargs)
+            self._client.meta.events.register('needs-retry.ec2', self._seen)
         return self._client
+
+    def _seen(self, response=None, **_kwargs):
+        """needs-retry hook: counts every throttled HTTP answer, those botocore retries too. Decides nothing."""
+        parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else None
+        if isinstance(parsed, dict) and (parsed.get('Error') or {}).get('Code') in THROTTLE_CODES:
+            with self._lock:
+                self.throttled += 1
+        return None
 
     def _count(self, op, meta):
         with self._lock:
@@ -153,9 +168,9 @@ class Ec2(object):
                 code = str((resp.get('Error') or {}).get('Code') or 'Unknown')
                 message = (resp.get('Error') or {}).get('Message') or str(e)
                 if code in THROTTLE_CODES:
-                    with self._lock:
-                        self.throttled += 1 + int((resp.get('ResponseMetadata') or {}).get('RetryAttempts') or 0)
                     if attempt < self.our_retries:
+                        with self._lock:
+                            self.backoff_retries += 1
                         cap = min(self.backoff_cap, self.backoff_base * (2 ** attempt))
                         time.sleep(random.uniform(0, cap))     # full jitter: a throttled fleet spreads out
                         continue
@@ -182,6 +197,7 @@ class Ec2(object):
     def api_calls(self):
         with self._lock:
             return {'calls': dict(self.calls), 'attempts': dict(self.attempts), 'throttled': self.throttled,
+                    'backoff_retries': self.backoff_retries,
                     'describe_calls': sum(n for op, n in self.calls.items() if op.startswith('Describe')),
                     'write_calls': sum(n for op, n in self.calls.items() if not op.startswith('Describe'))}
 
@@ -272,6 +288,14 @@ def read_subnets(ec2, view):
 def _tag_spec(tags):
     return [{'ResourceType': 'network-interface',
              'Tags': [{'Key': k, 'Value': v} for k, v in sorted(tags.items())]}]
+
+
+def client_token(act, run_key):
+    """The create's idempotency token (64 characters, EC2's limit)."""
+    text = '|'.join(str(x) for x in (act['tags'].get(eni_plan.TAG_CLUSTER), act['node'], act['instance_id'],
+                                     act['device_index'], act['subnet_id'], act.get('ip_count') or 0,
+                                     act.get('prefix_count') or 0, run_key))
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
 def create_and_attach(ec2, act):
@@ -377,7 +401,7 @@ def apply_node(ec2, actions, view):
     return touched
 
 
-def apply(ec2, actions, view, workers=4, stamp=None):
+def apply(ec2, actions, view, workers=4, stamp=None, run_key=None):
     """Apply a plan: each node's actions in order, nodes on up to `workers` threads (their writes are
     independent; boto3 clients are thread-safe), then garbage collection. Returns {'done': [actions
     done], 'gc_skipped': [...]}. Raises EniCloudError (InsufficientPrefixes for the fallback) after the
@@ -385,6 +409,8 @@ def apply(ec2, actions, view, workers=4, stamp=None):
     by_node = {}
     for act in actions:
         if act['node'] is not None:
+            if act['action'] == 'create' and run_key is not None:
+                act = dict(act, client_token=client_token(act, run_key))
             by_node.setdefault(act['node'], []).append(act)
     done, errors = [], []
 
@@ -422,8 +448,10 @@ def apply(ec2, actions, view, workers=4, stamp=None):
 
 # ------------------------------------------------------------------------- read, plan, apply
 
-def converge(ec2, cluster, cfg, nodes, model_nodes=None, check=False, workers=4, max_rounds=3):
+def converge(ec2, cluster, cfg, nodes, model_nodes=None, check=False, workers=4, max_rounds=3, run_key=None):
     """read_view, eni_plan.plan, apply (unless check), and read again when something was written.
+    run_key: what makes the creates' client tokens this run's (the action passes the ledger's serial: see
+    client_token); None: a random token per create.
 
     An InsufficientPrefixesInSubnet answer puts its subnet on the no-prefix list and the whole fleet is
     read and planned again (what was done stays done: the new plan starts from it), at most max_rounds
@@ -442,7 +470,8 @@ def converge(ec2, cluster, cfg, nodes, model_nodes=None, check=False, workers=4,
         if check or not result['actions']:
             break
         try:
-            applied = apply(ec2, result['actions'], view, workers=workers)
+            applied = apply(ec2, result['actions'], view, workers=workers,
+                            run_key=None if run_key is None else '%s/%d' % (run_key, _round))
         except ApplyError as e:
             done.extend(e.done)
             fallback = [x for x in e.errors if isinstance(x, InsufficientPrefixes)]

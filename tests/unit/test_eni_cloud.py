@@ -31,7 +31,7 @@ def test_throttling_is_retried_with_our_backoff_then_succeeds(stubbed):
     stub.add_response('describe_subnets', {'Subnets': []})
     assert ec2.call('DescribeSubnets', 'DescribeSubnets')['Subnets'] == []
     calls = ec2.api_calls()
-    assert calls['throttled'] == 3 and calls['calls']['DescribeSubnets'] == 4
+    assert calls['backoff_retries'] == 3 and calls['calls']['DescribeSubnets'] == 4
 
 
 def test_still_throttled_fails_with_the_code(stubbed):
@@ -125,3 +125,12 @@ def test_read_view_is_a_fixed_number_of_describes(stubbed):
         'groups': ['sg-1'], 'description': '', 'tags': {}}
     assert view['limits'] == {'c5.large': {'max_enis': 3, 'ipv4_per_eni': 10}}
     assert ec2.api_calls()['describe_calls'] == 4
+
+
+def test_client_token_is_stable_across_an_interrupted_run_and_changes_with_the_ledger():
+    act = {'node': 'node1', 'subnet_id': 'subnet-1', 'instance_id': 'i-1', 'device_index': 1, 'ip_count': 8,
+           'tags': eni_plan.owner_tags('lab', 'node1')}
+    token = eni_cloud.client_token(act, 'ledger@3/0')
+    assert len(token) == 64 and token == eni_cloud.client_token(dict(act), 'ledger@3/0')
+    assert token != eni_cloud.client_token(act, 'ledger@4/0')
+    assert token != eni_cloud.client_token(dict(act, device_index=2), 'ledger@3/0')
