@@ -24,7 +24,8 @@ On top of moto (5.x):
   requests were answered, hold each request of `action` for up to `hold` seconds, or until the rules
   are replaced: a window in which a test can kill the client; with `drop` the held request is then
   answered with an error instead of being served, as if it never reached EC2);
-- GET /podnet-emulator/stats: {"requests": {action: n}, "faults": {action: n}, "held": n};
+- GET /podnet-emulator/stats: {"requests": {action: n}, "faults": {action: n}, "held": n, "seconds":
+  {action: time spent serving}};
   POST /podnet-emulator/stats/reset.
 moto's own POST /moto-api/reset empties every backend.
 
@@ -61,6 +62,7 @@ class Emulator(object):
         self.requests = {}
         self.faults = {}
         self.held = 0
+        self.seconds = {}
         self.tokens = {}                      # CreateNetworkInterface ClientToken -> the first answer
 
     def _json(self, start_response, doc, status='200 OK'):
@@ -76,11 +78,11 @@ class Emulator(object):
                 self.state.notify_all()
                 return self._json(start_response, {'rules': len(self.rules)})
             if path == '/podnet-emulator/stats/reset':
-                self.requests, self.faults, self.held = {}, {}, 0
+                self.requests, self.faults, self.held, self.seconds = {}, {}, 0, {}
                 return self._json(start_response, {})
             if path == '/podnet-emulator/stats':
                 return self._json(start_response, {'requests': dict(self.requests), 'faults': dict(self.faults),
-                                                   'held': self.held})
+                                                   'held': self.held, 'seconds': dict(self.seconds)})
         return self._json(start_response, {'error': 'unknown path %s' % path}, '404 Not Found')
 
     def _fault(self, action, params):
@@ -135,6 +137,7 @@ class Emulator(object):
                 return [data]
         token = (params.get('ClientToken') or [''])[0] if action == 'CreateNetworkInterface' else ''
         with self.lock:
+            started = time.perf_counter()
             if token and token in self.tokens:
                 status, headers, out = self.tokens[token]
                 start_response(status, headers)
@@ -147,9 +150,11 @@ class Emulator(object):
                 out = list(self.app(environ, keep))
                 if token and seen.get('status', '').startswith('200'):
                     self.tokens[token] = (seen['status'], seen['headers'], out)
+            took = time.perf_counter() - started
         if action:
             with self.state:
                 self.requests[action] = self.requests.get(action, 0) + 1
+                self.seconds[action] = self.seconds.get(action, 0.0) + took
                 self.state.notify_all()
         return out
 

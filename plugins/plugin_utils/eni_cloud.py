@@ -254,8 +254,10 @@ def read_view(ec2, cluster, cfg, nodes, limits=None):
             enis[raw['NetworkInterfaceId']] = normalize_eni(raw)
     for raw in ec2.paginate('DescribeNetworkInterfaces', 'NetworkInterfaces',
                             'DescribeNetworkInterfaces detached of cluster %s' % cluster,
-                            Filters=[{'Name': 'tag:%s' % eni_plan.TAG_CLUSTER, 'Values': [cluster]},
-                                     {'Name': 'status', 'Values': ['available']}], MaxResults=PAGE):
+                            # status first: an endpoint that applies filters in order (moto) narrows to the
+                            # few detached ENIs before it looks at tags
+                            Filters=[{'Name': 'status', 'Values': ['available']},
+                                     {'Name': 'tag:%s' % eni_plan.TAG_CLUSTER, 'Values': [cluster]}], MaxResults=PAGE):
         enis[raw['NetworkInterfaceId']] = normalize_eni(raw)
     view = {'limits': eni_plan.limits_from_instance_types(raw_types) if limits is None else limits, 'enis': enis, 'subnets': {},
             'security_groups': {}}

@@ -110,7 +110,7 @@ def test_read_view_is_a_fixed_number_of_describes(stubbed):
                        'DeleteOnTermination': True}}]},
         {'Filters': [{'Name': 'attachment.instance-id', 'Values': ['i-1', 'i-2']}], 'MaxResults': 1000})
     stub.add_response('describe_network_interfaces', {'NetworkInterfaces': []}, {
-        'Filters': [{'Name': 'tag:podnet.io/cluster', 'Values': ['lab']}, {'Name': 'status', 'Values': ['available']}],
+        'Filters': [{'Name': 'status', 'Values': ['available']}, {'Name': 'tag:podnet.io/cluster', 'Values': ['lab']}],
         'MaxResults': 1000})
     stub.add_response('describe_subnets', {'Subnets': [{'SubnetId': 'subnet-1', 'CidrBlock': '10.0.0.0/24', 'VpcId': 'vpc-1',
                                                         'AvailabilityZone': 'us-east-1a', 'AvailableIpAddressCount': 200}]},
