@@ -160,7 +160,7 @@ def stats(values):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--sizes', default='50,200')
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--workers', type=int, default=4)
@@ -236,8 +236,8 @@ def main():
 
 def report(results, sizes, rounds):
     print('\neni_allocate against the EC2 emulator, %d round%s (median, min-max)' % (rounds, '' if rounds == 1 else 's'))
-    print('%-6s %-6s %-22s %-22s %-16s %-14s' % ('nodes', 'run', 'wall s', 'of which EC2 endpoint s', 'describe calls',
-                                                'write calls'))
+    header = ('nodes', 'run', 'wall s', 'of which EC2 endpoint s', 'describe calls', 'write calls')
+    print('%-6s %-6s %-22s %-22s %-16s %-14s' % header)
     for n in sizes:
         for phase in ('first', 'noop'):
             row = results[str(n)][phase]

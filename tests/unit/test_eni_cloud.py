@@ -26,7 +26,7 @@ def stubbed(monkeypatch):
 
 def test_throttling_is_retried_with_our_backoff_then_succeeds(stubbed):
     ec2, stub = stubbed
-    for _ in range(3):
+    for _attempt in range(3):
         stub.add_client_error('describe_subnets', service_error_code='RequestLimitExceeded', http_status_code=503)
     stub.add_response('describe_subnets', {'Subnets': []})
     assert ec2.call('DescribeSubnets', 'DescribeSubnets')['Subnets'] == []
@@ -36,7 +36,7 @@ def test_throttling_is_retried_with_our_backoff_then_succeeds(stubbed):
 
 def test_still_throttled_fails_with_the_code(stubbed):
     ec2, stub = stubbed
-    for _ in range(4):
+    for _attempt in range(4):
         stub.add_client_error('attach_network_interface', service_error_code='RequestLimitExceeded', http_status_code=503)
     with pytest.raises(eni_cloud.EniCloudError) as e:
         ec2.call('AttachNetworkInterface', 'node1: AttachNetworkInterface eni-1', NetworkInterfaceId='eni-1',

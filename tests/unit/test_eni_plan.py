@@ -191,11 +191,11 @@ def one_create(c, override=None):
 
 
 def test_subnet_ids_before_tags_and_same_az_only():
-    act, _ = one_create({'subnet_ids': ['subnet-c', 'subnet-d'], 'subnet_tags': {'pods': 'yes'}})
+    act, _warnings = one_create({'subnet_ids': ['subnet-c', 'subnet-d'], 'subnet_tags': {'pods': 'yes'}})
     assert act['subnet_id'] == 'subnet-d'          # subnet-c is in another AZ
-    act, _ = one_create({'subnet_tags': {'pods': 'yes'}})
+    act, _warnings = one_create({'subnet_tags': {'pods': 'yes'}})
     assert act['subnet_id'] == 'subnet-b'          # the emptiest matching subnet of the node's AZ
-    act, _ = one_create({})
+    act, _warnings = one_create({})
     assert act['subnet_id'] == 'subnet-a'          # the node's own
 
 
@@ -220,7 +220,7 @@ def test_security_groups_ids_then_tags_then_primary_with_warning():
 def test_per_node_override_gives_a_node_pool_its_own_groups_and_subnets():
     over = {'subnet_ids': [], 'subnet_tags': {'pool': 'gpu'}, 'security_group_ids': [],
             'security_group_tags': {'pool': 'gpu'}}
-    act, _ = one_create({'security_group_ids': ['sg-pods'], 'subnet_tags': {'pods': 'yes'}}, override=over)
+    act, _warnings = one_create({'security_group_ids': ['sg-pods'], 'subnet_tags': {'pods': 'yes'}}, override=over)
     assert act['subnet_id'] == 'subnet-d' and act['groups'] == ['sg-gpu']
 
 
