@@ -473,6 +473,8 @@ CLUSTER_SCHEMA = {
             'min_allocate': {'type': 'int', 'min': 0, 'default': 0},
             'max_above_watermark': {'type': 'int', 'min': 0, 'default': 0},
             'first_interface_index': {'type': 'int', 'min': 0, 'default': 0},
+            # The ENI interfaces' MTU on the node (eni_routing); 9001 is AWS's jumbo-frame MTU.
+            'mtu': {'type': 'int', 'min': 576, 'default': 9001},
             'subnet_ids': {'type': 'list', 'default': [],
                            'elements': {'type': 'str', 'check': _aws_id('subnet', 'a subnet id')}},
             'subnet_tags': _TAGS,

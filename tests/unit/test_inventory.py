@@ -201,7 +201,7 @@ def test_good_eni_defaults():
     assert model['eni'] == {
         'region': 'us-east-1', 'endpoint_url': 'http://127.0.0.1:5000',
         'metadata_url': None, 'pre_allocate': 8, 'min_allocate': 0, 'max_above_watermark': 0,
-        'first_interface_index': 1, 'subnet_ids': ['subnet-0a1b2c3d'], 'subnet_tags': {},
+        'first_interface_index': 1, 'mtu': 9001, 'subnet_ids': ['subnet-0a1b2c3d'], 'subnet_tags': {},
         'security_group_ids': [], 'security_group_tags': {}, 'tags': {'team': 'net'},
         'max_allocate': 0, 'prefix_delegation': False, 'release_excess_ips': False,
         'delete_on_termination': True}
