@@ -10,8 +10,8 @@ Layout for a lab with prefix P (see lab.py for the nodes):
   lab subnet (the VPC router's address on AWS) and forwards between them. The name has no dash,
   so lab.py never takes it for a member.
 - ``moto`` (this file run as ``lab_ec2.py moto CONFIG``): moto's EC2 in server mode on
-  127.0.0.1:<port>, seeded with the lab VPC, its subnets and one instance per node whose id is the
-  node's ``podnet_instance.id``. Two things moto does unlike AWS are corrected in that process:
+  127.0.0.1:<port> (plugin_utils/ec2_emulator.py's app), seeded with the lab VPC, its subnets and one
+  instance per node whose id is the node's ``podnet_instance.id``. Two things moto does unlike AWS are corrected in that process:
   instance ids are random (the seed sets them), and private IPs are drawn at random from the whole
   subnet, network, router and broadcast addresses included, and may repeat across ENIs (here the
   lowest address no ENI of the subnet holds, skipping the five AWS reserves).
@@ -271,6 +271,21 @@ def vpc_view(state):
 
 # ---------------------------------------------------------------- the VPC namespace (kernel)
 
+# The VPC router's sysctls (in its own namespace). It forwards; it sends no ICMP redirects (pods of
+# one subnet talk through it, as their tables send everything to it, and the VPC would not tell
+# them to go direct; a device sends them when all OR the device says so); and it takes packets from
+# addresses it has no route back to (a node asks for the router's MAC from whatever address it has).
+VPC_SYSCTLS = (
+    ('net.ipv4.ip_forward', '1'),
+    ('net.ipv4.conf.all.send_redirects', '0'),
+    ('net.ipv4.conf.default.send_redirects', '0'),
+    ('net.ipv4.conf.%s.send_redirects' % BRIDGE, '0'),
+    ('net.ipv4.conf.all.rp_filter', '0'),
+    ('net.ipv4.conf.default.rp_filter', '0'),
+    ('net.ipv4.conf.%s.rp_filter' % BRIDGE, '0'),
+)
+
+
 def _netns_list():
     try:
         return set(os.listdir(NETNS_DIR))
@@ -334,8 +349,8 @@ def vpc_read(prefix):
             state['addresses'] = sorted('%s/%d' % (a.get_attr('IFA_ADDRESS'), a['prefixlen'])
                                         for a in ipr.get_addr(index=idx[0], family=socket.AF_INET))
     # /proc/sys/net is the reading thread's network namespace's.
-    state['forwarding'] = _in_netns(name, lambda: _read_sysctl('net.ipv4.ip_forward') == '1'
-                                    and _read_sysctl('net.ipv4.conf.all.send_redirects') == '0')
+    state['forwarding'] = state['bridge_up'] and _in_netns(
+        name, lambda: all(_read_sysctl(k) == v for k, v in VPC_SYSCTLS))
     return state
 
 
@@ -365,11 +380,8 @@ def vpc_apply(prefix, action):
                      address=ip, prefixlen=int(plen))
     elif kind == 'forwarding':
         def enable():
-            _write_sysctl('net.ipv4.ip_forward', '1')
-            # Pods of one subnet talk through the router (their tables send everything to it):
-            # a redirect would tell them to go direct, which the VPC does not do.
-            for key in ('net.ipv4.conf.all.send_redirects', 'net.ipv4.conf.default.send_redirects'):
-                _write_sysctl(key, '0')
+            for key, value in VPC_SYSCTLS:
+                _write_sysctl(key, value)
         _in_netns(name, enable)
     else:  # pragma: no cover - vpc_plan() only emits the kinds above
         raise LabEc2Error('unknown vpc action %r' % kind)
@@ -428,26 +440,46 @@ def _patch_moto(instance_ids):
                             out.add(ip)
         return out
 
+    # Handed out but maybe not on an ENI yet: moto draws all of a new ENI's addresses before it
+    # stores any. Dropped once moto holds them, so a released address is free again.
+    handed = set()
+
     def private_ip(cidr=None, ipv6=False):
         if ipv6 or not cidr:
             return random_private_ip(cidr, ipv6)
         with lock:
-            return next_free_ip(cidr, used_ips(cidr))
+            held = used_ips(cidr)
+            handed.difference_update(held)
+            ip = next_free_ip(cidr, held | handed)
+            handed.add(ip)
+            return ip
 
     moto_instances.random_instance_id = instance_id_for_seed
     moto_enis.random_private_ip = private_ip
 
 
+def _emulator():
+    """plugin_utils/ec2_emulator.py, the collection's moto server (requests one at a time, so the
+    agent's polls never race eni_allocate's writes; DeleteOnTermination; fault injection), imported
+    by path: this file runs as a plain script."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(os.path.dirname(here), 'plugin_utils'))
+    import ec2_emulator
+    return ec2_emulator
+
+
 def serve_moto(cfg):
     """moto's EC2 on 127.0.0.1:<port>, seeded; writes cfg['moto_ready'] (the seeded ids) when up."""
     import logging
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from werkzeug.serving import make_server
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
 
-    logging.getLogger('werkzeug').setLevel(logging.WARNING)
+    logging.getLogger('werkzeug').setLevel(logging.ERROR)
     pending = []
     _patch_moto(pending)
-    server = ThreadedMotoServer('127.0.0.1', int(cfg['port']), verbose=False)
-    server.start()
+    server = make_server('127.0.0.1', int(cfg['port']), _emulator().make_app(), threaded=True,
+                         request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     client = ec2_client(cfg)
     tags = [{'Key': 'podnet-lab', 'Value': cfg['prefix']}]
     vpc = client.create_vpc(CidrBlock=cfg['vpc']['cidr'],

@@ -177,3 +177,13 @@ def test_wait_for_interfaces_is_bounded_and_names_the_eni():
     with pytest.raises(eni.EniError, match=r'node1: no interface appeared within 1s for eni-0000000000000aaa2'):
         eni.wait_for_interfaces(enis, lambda e: lookup(e) if e['id'] == ENI1['id'] else None, 1, 'node1',
                                 sleep=sleep, clock=lambda: now[0])
+
+
+def test_an_eni_lease_has_no_router_ips_and_follows_ec2():
+    from ansible_collections.podnet.fabric.plugins.module_utils.ipam import lease as ipam_lease
+    lease = {'cluster': 'lab', 'node': 'node1', 'ip': '192.168.60.11', 'mode': 'eni', 'pools': {}, 'allocated_at': 0,
+             'cidrs': {'ipv4': ['10.100.1.4/32', '10.100.1.5/32', '10.100.1.48/28'], 'ipv6': []}}
+    assert ipam_lease.lease_router_ips(lease) == []
+    assert ipam_lease.endpoint_source(lease) == ('eni', {'ipv4': lease['cidrs']['ipv4'], 'ipv6': []})
+    grown = dict(lease, cidrs={'ipv4': lease['cidrs']['ipv4'] + ['10.100.1.6/32'], 'ipv6': []})
+    assert ipam_lease.lease_disagreement(lease, grown) is None
