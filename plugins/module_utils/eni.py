@@ -287,7 +287,7 @@ class Metadata(object):
     TOKEN_TTL = '21600'
 
     def __init__(self, url, timeout=2.0):
-        from ansible.module_utils.six.moves.urllib import request as urlrequest
+        from urllib import request as urlrequest
 
         self.url = url if url.endswith('/') else url + '/'
         self.timeout = timeout
@@ -312,7 +312,7 @@ class Metadata(object):
 
     def get(self, path):
         """The text at path, or None when the service answers 404 (not there, yet)."""
-        from ansible.module_utils.six.moves.urllib.error import HTTPError
+        from urllib.error import HTTPError
 
         try:
             with self._open(path, headers=self._headers()) as r:

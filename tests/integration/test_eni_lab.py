@@ -254,6 +254,11 @@ def test_egress_leaves_through_the_eni_that_owns_the_pod_ip(pods):
     assert client not in underlay and web not in underlay, underlay
 
 
+def test_first_run_allocated_and_converged(eni_lab):
+    recap = labutil.recap(eni_lab['first'])
+    assert recap['node1']['changed'] > 0 and all(r['failed'] == 0 for r in recap.values())
+
+
 def test_second_run_and_check_change_nothing(eni_lab, pods):
     before = labutil.lab_snapshot(PREFIX, NODES)
     out = site(eni_lab['inv'])
@@ -263,6 +268,40 @@ def test_second_run_and_check_change_nothing(eni_lab, pods):
     assert labutil.lab_snapshot(PREFIX, NODES) == before
 
 
-def test_first_run_allocated_and_converged(eni_lab):
-    recap = labutil.recap(eni_lab['first'])
-    assert recap['node1']['changed'] > 0 and all(r['failed'] == 0 for r in recap.values())
+def _rules(node):
+    return sorted((r['priority'], r.get('src'), r.get('dst'), r['table'])
+                  for r in json.loads(nsenter(PREFIX, node, ['ip', '-j', 'rule', 'show']))
+                  if str(r.get('protocol')) in ('201', 'podnet'))
+
+
+def _set_endpoints(inv, node, names):
+    with open(os.path.join(inv, 'host_vars', '%s.yml' % node), 'w') as f:
+        f.write('---\npodnet_endpoints:\n' + ''.join('  - {name: %s, labels: {app: client}}\n' % n for n in names))
+
+
+def test_a_reused_ip_keeps_the_new_endpoints_rules_and_a_released_ip_loses_them(eni_lab, pods):
+    # Runs last: it changes node2's endpoints (client-1 gives way to client-2, which takes the
+    # address client-1 released, then client-2 goes too) and puts them back at the end.
+    inv = eni_lab['inv']
+    old_ip = pods['node2'][1]
+    table = str(10 + pods['node2'][2]['Attachment']['DeviceIndex'])
+    foreign = ('ip', 'rule', 'add', 'priority', '20', 'to', old_ip, 'lookup', 'main')
+    nsenter(PREFIX, 'node2', list(foreign))      # someone else's rule at our priority: never touched
+    try:
+        _set_endpoints(inv, 'node2', ['client-2'])
+        site(inv)
+        new_ip = store_ips('node2')['default/client-2']
+        assert new_ip == old_ip, 'client-2 was expected to take the released %s, got %s' % (old_ip, new_ip)
+        assert [r for r in _rules('node2') if old_ip in r] == [(20, 'all', old_ip, 'main'), (111, old_ip, None, table)]
+        out = pod('node2', 'client-2', 'ping', '-c', '2', '-i', '0.2', '-W', '2', pods['node1'][1], check=False)
+        assert ' 0% packet loss' in out, out
+        _set_endpoints(inv, 'node2', [])
+        site(inv)
+        assert 'default/client-2' not in store_ips('node2')
+        assert _rules('node2') == []
+        foreign_left = [r for r in json.loads(nsenter(PREFIX, 'node2', ['ip', '-j', 'rule', 'show']))
+                        if r.get('priority') == 20 and r.get('dst') == old_ip]
+        assert len(foreign_left) == 1 and 'protocol' not in foreign_left[0], foreign_left
+    finally:
+        _set_endpoints(inv, 'node2', ['client-1'])
+        nsenter(PREFIX, 'node2', ['ip', 'rule', 'del'] + list(foreign[3:]), check=False)
