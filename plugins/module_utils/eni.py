@@ -91,7 +91,7 @@ def normalize_enis(enis, node):
             raise EniError('%s.mac: %s is also the MAC of %s' % (where, mac, seen[mac]))
         seen[mac] = e['id']
         try:
-            ips = sorted(set(str(ipaddress.IPv4Address(str(ip).split('/')[0])) for ip in e.get('ips') or ()),
+            ips = sorted(set(str(ipaddress.IPv4Address(str(ip).split('/', maxsplit=1)[0])) for ip in e.get('ips') or ()),
                          key=ipaddress.IPv4Address)
             prefixes = sorted(set(str(ipaddress.IPv4Network(str(p), strict=False)) for p in e.get('prefixes') or ()))
             subnet = str(ipaddress.IPv4Network(str(e['subnet_cidr']), strict=False)) if e.get('subnet_cidr') else None
@@ -110,7 +110,7 @@ def owner_of(enis, pod_ips, node):
     out, missing = {}, []
     for text in pod_ips or ():
         try:
-            ip = ipaddress.IPv4Address(str(text).split('/')[0])
+            ip = ipaddress.IPv4Address(str(text).split('/', maxsplit=1)[0])
         except ValueError:
             raise EniError('%s: pod_ips: %r is not an IPv4 address' % (node, text))
         owner = None

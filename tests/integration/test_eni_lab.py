@@ -171,6 +171,11 @@ def test_rules_tables_and_interfaces_from_the_kernel(pods):
         assert got == str(n)
 
 
+def _address(token):
+    """tcpdump's 'a.b.c.d.port' (or 'a.b.c.d') as the address."""
+    return '.'.join(token.split('.')[:4])
+
+
 class Capture(object):
     """tcpdump in the VPC namespace on one interface (ours, by its Popen handle)."""
 
@@ -209,8 +214,7 @@ class Capture(object):
             if 'IP' in parts and '>' in parts:
                 i = parts.index('IP')
                 src, dst = parts[i + 1], parts[i + 3].rstrip(':')
-                strip = (lambda a: '.'.join(a.split('.')[:4]))
-                out.append((strip(src), strip(dst), ' '.join(parts[i + 4:])))
+                out.append((_address(src), _address(dst), ' '.join(parts[i + 4:])))
         return out
 
 
