@@ -6,8 +6,8 @@
 The node is the source of truth for which endpoint holds which address (its store). The
 controller keeps the cluster's view current right after each change: in crd mode the node
 document's status.ipam.used (an external allocator must not take those addresses back), in the
-other modes the ledger entry's pools_used (report, multi-pool pre_allocation), and (but in eni
-mode) the entry's endpoint records: each endpoint's name, addresses, identity and endpoint id,
+other modes but eni the ledger entry's pools_used (report, multi-pool pre_allocation), and in every
+mode the entry's endpoint records (in eni mode the IPs in use eni_allocate sizes the ENIs by): each endpoint's name, addresses, identity and endpoint id,
 which the cluster-wide ipcache is built from (identity.py, ipcache.py). The record is written
 from the node's whole store, not incrementally, so it also heals a missed update.
 """

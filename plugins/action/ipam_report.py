@@ -48,9 +48,13 @@ class ActionModule(ctl.IpamAction):
             node_docs = dict((n, led.read_node_doc(n)) for n in led.list_node_docs())
         report = ipam_plan.utilization(model, doc, node_docs)
         report['ledger'] = {'backend': led.backend, 'location': led.location}
+        if model['ipam']['mode'] == 'eni':
+            report['eni'] = render.eni_utilization(model, doc)
         max_nodes = int(args.get('max_nodes', 50))
         result.update(changed=False, utilization=report,
                       table=render.text_table(report, max_nodes=max_nodes, location=led.location))
+        if report.get('eni', {}).get('warnings'):
+            result['warnings'] = list(report['eni']['warnings'])
         dest = args.get('dest')
         if dest:
             dest = os.path.abspath(os.path.expanduser(str(dest)))

@@ -67,6 +67,13 @@ options:
     description: Host number of the ToR router in O(underlay_cidr).
     type: int
     default: 1
+  instance_type:
+    description:
+      - An ENI lab (C(podnet_ipam.mode=eni)) gives every node C(podnet_instance) with this EC2 instance
+        type and an id derived from the prefix and the node name, the id the lab's EC2 endpoint gives
+        the node's instance (C(playbooks/lab_up.yml) seeds it). Empty (the default) for other labs.
+    type: str
+    default: ''
   python:
     description:
       - The interpreter tasks use inside the lab's members. Defaults to the controller's own
@@ -87,6 +94,8 @@ import sys
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
+
+from ansible_collections.podnet.fabric.plugins.module_utils import lab_ec2
 
 
 class InventoryModule(BaseInventoryPlugin):
@@ -135,6 +144,9 @@ class InventoryModule(BaseInventoryPlugin):
             ip = str(net.network_address + first + n - 1)
             add(name, 'podnet_nodes', ip, 'node')
             self.inventory.set_variable(name, 'podnet_node_ip', ip)
+            if self.get_option('instance_type'):
+                self.inventory.set_variable(name, 'podnet_instance', {
+                    'id': lab_ec2.instance_id(prefix, name), 'type': self.get_option('instance_type')})
         router = self.get_option('router')
         if router:
             add(router, 'podnet_lab_routers', str(net.network_address + self.get_option('router_host')), 'router')

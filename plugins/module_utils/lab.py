@@ -528,8 +528,9 @@ def parse(lines, vxlan_port=8472):
 
 
 def capture(prefix, traffic, interface='br0', pcap_filter='', vxlan_port=8472, settle=0.5, tcpdump='tcpdump',
-            before_stop=None):
-    """Run tcpdump on the lab's underlay while the traffic commands run inside members.
+            before_stop=None, segment_netns=None):
+    """Run tcpdump on the lab's underlay (or, segment_netns, another namespace of the lab's own:
+    an ENI lab's VPC) while the traffic commands run inside members.
 
     traffic: [{'member', 'netns' (optional, inside the member), 'argv'}]; before_stop: a callable run
     after them, still capturing (tests drive traffic from Python). Returns
@@ -537,7 +538,7 @@ def capture(prefix, traffic, interface='br0', pcap_filter='', vxlan_port=8472, s
     Raises LabError when the lab or tcpdump is missing. The capture is a process started and
     ended here (by its PID), whatever happens.
     """
-    ul = os.path.join(NETNS_DIR, netns_name(prefix, 'ul'))
+    ul = os.path.join(NETNS_DIR, segment_netns or netns_name(prefix, 'ul'))
     if not os.path.exists(ul):
         raise LabError('prefix: no lab %r on this machine (%s is missing)' % (prefix, ul))
     # -T vxlan decodes the UDP packets the filter selects as VXLAN: keep other UDP out of the filter.

@@ -27,9 +27,10 @@ description:
     "pool ''gpu'' (10.20.0.0/28: 13 endpoint addresses) is exhausted: 13 of 13 in use".'
   - 'Records the node''s use on the controller when O(update_ledger=true) (an action plugin
     part runs there after the node part): in C(crd) mode the node document''s
-    C(status.ipam.used) (as Cilium''s CiliumNode), in the other modes the ledger entry''s
+    C(status.ipam.used) (as Cilium''s CiliumNode), in the other modes but C(eni) the ledger entry''s
     C(pools_used) (the utilization report and multi-pool C(pre_allocation) read it), and, in every
-    mode but C(eni), the entry''s endpoint records: each endpoint''s name, addresses, security
+    mode, the entry''s endpoint records (in C(eni) mode the pod IPs in use that
+    M(podnet.fabric.eni_allocate) sizes the node''s ENIs by): each endpoint''s name, addresses, security
     identity (from its labels in C(podnet_endpoints), else O(labels) for this endpoint) and
     endpoint id, which the cluster-wide ipcache is built from. It needs the fact C(podnet_model)
     on C(localhost) (M(podnet.fabric.validate) sets it) and never runs in check mode.'

@@ -19,6 +19,10 @@ description:
     a self-contained page (inline CSS and SVG bars per pool and per node, no external assets).
   - Endpoint use comes from what M(podnet.fabric.ipam_endpoint) recorded (C(pools_used), or
     C(status.ipam.used) in C(crd) mode).
+  - In C(eni) mode the report adds C(eni) - per node its instance, ENIs, addresses held against its
+    instance type's limit, and those in use (its endpoint records); per pod subnet its usable size and
+    free addresses - from what M(podnet.fabric.eni_allocate) recorded, and warns when a pod subnet has
+    less than 10% of its addresses free, before it runs out.
   - Changes nothing but the report files. This is an action plugin; it runs on the controller only.
   - C(playbooks/ipam_report.yml) runs it.
 author:
@@ -62,6 +66,9 @@ utilization:
     - C(pools) (per pool and family - C(cidrs), C(mask_size), C(blocks), C(addresses), C(endpoints)) and
       C(nodes) (per node - C(ip), C(in_inventory), and per pool and family C(cidrs), C(addresses),
       C(endpoints)); each figure is C(size), C(used), C(free), C(percent).
+    - In C(eni) mode also C(eni) - C(nodes) (per node C(instance_id), C(instance_type), C(enis), C(addresses),
+      C(used), C(free), C(limit), C(percent) of the limit held), C(subnets) (per subnet C(cidr), C(az), C(size),
+      C(available), C(used), C(percent) taken) and C(warnings).
   returned: success
   type: dict
 table:

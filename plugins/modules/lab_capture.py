@@ -29,9 +29,16 @@ options:
     type: str
     required: true
   interface:
-    description: The interface in the underlay namespace to capture on.
+    description: The interface in the O(segment) namespace to capture on.
     type: str
     default: br0
+  segment:
+    description:
+      - Where to capture. C(underlay) is the lab's underlay namespace C(<prefix>-ul); C(vpc) is an
+        ENI lab's VPC namespace C(<prefix>vpc) (M(podnet.fabric.lab_vpc)), whose bridge is C(vpc0).
+    type: str
+    choices: [underlay, vpc]
+    default: underlay
   filter:
     description: A tcpdump (pcap) filter expression.
     type: str
@@ -112,7 +119,7 @@ lines:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.podnet.fabric.plugins.module_utils import lab
+from ansible_collections.podnet.fabric.plugins.module_utils import lab, lab_ec2
 
 
 def main():
@@ -120,6 +127,7 @@ def main():
         argument_spec=dict(
             prefix=dict(type='str', required=True),
             interface=dict(type='str', default='br0'),
+            segment=dict(type='str', choices=['underlay', 'vpc'], default='underlay'),
             filter=dict(type='str', default=''),
             vxlan_port=dict(type='int', default=8472),
             traffic=dict(type='list', elements='dict', default=[], options=dict(
@@ -134,6 +142,7 @@ def main():
     p = module.params
     try:
         result = lab.capture(p['prefix'], p['traffic'], interface=p['interface'], pcap_filter=p['filter'],
+                             segment_netns=lab_ec2.vpc_netns(p['prefix']) if p['segment'] == 'vpc' else None,
                              vxlan_port=p['vxlan_port'], settle=p['settle'],
                              tcpdump=module.get_bin_path('tcpdump', required=True))
     except lab.LabError as e:

@@ -31,7 +31,7 @@ from ansible_collections.podnet.fabric.plugins.module_utils.ipam import cidr as 
 CLUSTER_KEYS = ('podnet_cluster', 'podnet_ipam', 'podnet_routing', 'podnet_eni', 'podnet_policy',
                 'podnet_datapath')
 NODE_KEYS = ('podnet_node_ip', 'podnet_node_device', 'podnet_node_labels', 'podnet_pod_cidrs',
-             'podnet_instance', 'podnet_endpoints')
+             'podnet_instance', 'podnet_endpoints', 'podnet_node_eni')
 
 IPAM_MODES = ('cluster-pool', 'kubernetes', 'multi-pool', 'crd', 'eni')
 ROUTING_MODES = ('tunnel', 'native', 'eni')
@@ -473,6 +473,8 @@ CLUSTER_SCHEMA = {
             'min_allocate': {'type': 'int', 'min': 0, 'default': 0},
             'max_above_watermark': {'type': 'int', 'min': 0, 'default': 0},
             'first_interface_index': {'type': 'int', 'min': 0, 'default': 0},
+            # The ENI interfaces' MTU on the node (eni_routing); 9001 is AWS's jumbo-frame MTU.
+            'mtu': {'type': 'int', 'min': 576, 'default': 9001},
             'subnet_ids': {'type': 'list', 'default': [],
                            'elements': {'type': 'str', 'check': _aws_id('subnet', 'a subnet id')}},
             'subnet_tags': _TAGS,
@@ -481,6 +483,11 @@ CLUSTER_SCHEMA = {
                 'elements': {'type': 'str', 'check': _aws_id('sg', 'a security group id')}},
             'security_group_tags': _TAGS,
             'tags': _TAGS,
+            # Cilium's max-allocate: 0 = no cap beyond the instance type's limit.
+            'max_allocate': {'type': 'int', 'min': 0, 'default': 0},
+            'prefix_delegation': {'type': 'bool', 'default': False},
+            'release_excess_ips': {'type': 'bool', 'default': False},
+            'delete_on_termination': {'type': 'bool', 'default': True},
         },
     },
     'podnet_policy': {
@@ -512,6 +519,21 @@ NODE_SCHEMA = {
             'id': {'type': 'str', 'required': True,
                    'check': _aws_id('i', 'an EC2 instance id')},
             'type': {'type': 'str', 'required': True},
+        },
+    },
+    # Per-node ENI subnets and security groups (Cilium's CiliumNode spec.eni): node pools get their
+    # own security groups. A key given here replaces the cluster's podnet_eni selection of that kind.
+    'podnet_node_eni': {
+        'type': 'dict',
+        'default': None,
+        'children': {
+            'subnet_ids': {'type': 'list', 'default': [],
+                           'elements': {'type': 'str', 'check': _aws_id('subnet', 'a subnet id')}},
+            'subnet_tags': _TAGS,
+            'security_group_ids': {
+                'type': 'list', 'default': [],
+                'elements': {'type': 'str', 'check': _aws_id('sg', 'a security group id')}},
+            'security_group_tags': _TAGS,
         },
     },
     'podnet_endpoints': {
@@ -1313,6 +1335,7 @@ def validate(cluster_vars, nodes):
             'pod_cidrs': node['podnet_pod_cidrs'],
             'instance': node['podnet_instance'],
             'endpoints': node['podnet_endpoints'],
+            'eni': node['podnet_node_eni'],
         }
 
     _complete(model)

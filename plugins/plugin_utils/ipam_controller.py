@@ -116,16 +116,23 @@ def _endpoints_recorder(model, node, node_used, current):
 def record_use(model, node, usage, node_used, current=None):
     """Record one node's endpoint use on the controller. crd mode: the node document's
     status.ipam.used (what the external allocator must not take back); other modes: the ledger
-    entry's pools_used (utilization report, multi-pool pre_allocation). Every mode but eni (no
-    ledger entry for the node) also rewrites the entry's endpoint records (identity.py: name,
-    addresses, identity, endpoint id), in the same ledger update. current: (endpoint id, labels)
+    entry's pools_used (utilization report, multi-pool pre_allocation); eni mode: the endpoint
+    records only (eni_allocate counts them as the node's IPs in use). Every mode rewrites the entry's
+    endpoint records (identity.py: name, addresses, identity, endpoint id), in the same ledger update. current: (endpoint id, labels)
     of the task's endpoint. Returns {'updated', 'location', 'record'}. Raises LedgerError or
     identity.IdentityError."""
     mode = model['ipam']['mode']
     led = ledger.open_ledger(model['ipam']['ledger'], cluster=model['cluster']['name'])
-    if mode == 'eni':
-        return {'updated': False, 'location': led.location, 'record': None}
     record_endpoints = _endpoints_recorder(model, node, node_used, current)
+    if mode == 'eni':
+        # The entry eni_allocate made for the node (none yet: nothing to record against). Its
+        # endpoint records are the pod IPs in use that eni_allocate sizes the node's ENIs by and
+        # never releases.
+        def set_endpoints_eni(doc):
+            record_endpoints(doc)
+            return doc
+        _doc, changed = led.update(set_endpoints_eni)
+        return {'updated': changed, 'location': led.location, 'record': 'endpoints'}
     if mode == 'crd':
         used = dict((ip, {'owner': (rec or {}).get('owner')}) for ip, rec in (node_used or {}).items())
 

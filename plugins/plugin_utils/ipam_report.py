@@ -93,6 +93,9 @@ def text_table(report, max_nodes=50, location=None):
         lines.append('(the ledger holds no nodes yet)')
     elif len(nodes) > len(shown):
         lines.append('... and %d more nodes (see the JSON and HTML report)' % (len(nodes) - len(shown)))
+    if report.get('eni'):
+        lines.append('')
+        lines += eni_text_table(report['eni'], max_nodes)
     return lines
 
 
@@ -259,5 +262,91 @@ def html_page(report, location=None, title=None):
         out.append('<tr%s>%s<td>%s</td><td>%s</td><td>%s</td><td class="barcell">%s</td><td class="num">%s</td></tr>' % (
             ' class="first"' if head else '', head, esc(pool), esc(fam), esc(', '.join(row.get('cidrs') or [])),
             _bar(ep), esc(_of(ep))))
-    out.append('</tbody></table></main></body></html>\n')
+    out.append('</tbody></table>')
+    if report.get('eni'):
+        out.append(eni_html(report['eni']))
+    out.append('</main></body></html>\n')
+    return ''.join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# eni mode: ENI use per node and free addresses per subnet (what eni_allocate recorded)
+
+SUBNET_WARN_PERCENT = 10.0     # warn when a pod subnet has less than this share of its addresses free
+
+
+def eni_utilization(model, doc, warn_percent=SUBNET_WARN_PERCENT):
+    """{'nodes': {node: {'instance_id', 'instance_type', 'enis', 'addresses', 'used', 'free', 'limit',
+    'percent'}}, 'subnets': {id: {'cidr', 'az', 'size', 'available', 'used', 'percent'}}, 'warnings'}
+    from the ledger entries' `eni` records (eni_allocate) and their endpoint records (addresses in use).
+    percent: of the node's limit held / of the subnet's usable addresses taken."""
+    out = {'nodes': {}, 'subnets': {}, 'warnings': []}
+    for node in sorted(doc.get('nodes') or {}, key=_natural):
+        entry = doc['nodes'][node]
+        rec = entry.get('eni')
+        if not isinstance(rec, dict):
+            continue
+        held = set()
+        for e in rec.get('enis') or []:
+            held.update(e.get('ips') or [])
+        addresses = sum(len(e.get('ips') or []) + 16 * len(e.get('prefixes') or []) for e in rec.get('enis') or [])
+        used = set()
+        for ep in ((entry.get('endpoints') or {}).values()):
+            used.update(ip for ip in (ep or {}).get('ips') or [] if ip in held)
+        limit = rec.get('limit')
+        out['nodes'][node] = {'instance_id': rec.get('instance_id'), 'instance_type': rec.get('instance_type'),
+                              'enis': len(rec.get('enis') or []), 'addresses': addresses, 'used': len(used),
+                              'free': addresses - len(used), 'limit': limit,
+                              'percent': round(100.0 * addresses / limit, 1) if limit else None,
+                              'in_inventory': node in (model.get('nodes') or {})}
+    for sid in sorted(doc.get('eni_subnets') or {}, key=_natural):
+        sn = doc['eni_subnets'][sid] or {}
+        size, available = sn.get('size') or 0, sn.get('available') or 0
+        percent = round(100.0 * (size - available) / size, 1) if size else None
+        out['subnets'][sid] = {'cidr': sn.get('cidr'), 'az': sn.get('az'), 'size': size, 'available': available,
+                               'used': size - available, 'percent': percent}
+        if size and available < size * warn_percent / 100.0:
+            out['warnings'].append('subnet %s (%s) is running out of addresses: %d of %d free (less than %d%%)' % (
+                sid, sn.get('cidr'), available, size, warn_percent))
+    return out
+
+
+def eni_text_table(eni, max_nodes=50):
+    rows = []
+    names = list(eni['nodes'])
+    for node in names[:max_nodes] if max_nodes is not None else names:
+        n = eni['nodes'][node]
+        rows.append((node, n['instance_id'] or '-', n['instance_type'] or '-', str(n['enis']),
+                     '%d of %s' % (n['addresses'], _num(n['limit'])), str(n['used']), str(n['free'])))
+    lines = _table(('NODE', 'INSTANCE', 'TYPE', 'ENIS', 'ADDRESSES (OF LIMIT)', 'IN USE', 'FREE'), rows)
+    if len(names) > len(rows):
+        lines.append('... and %d more nodes (see the JSON and HTML report)' % (len(names) - len(rows)))
+    lines.append('')
+    rows = [(sid, s['cidr'] or '-', s['az'] or '-', _num(s['size']), _num(s['available']), _pct_text(s['percent']))
+            for sid, s in eni['subnets'].items()]
+    lines += _table(('SUBNET', 'CIDR', 'AZ', 'USABLE', 'FREE', 'TAKEN %'), rows)
+    lines += ['WARNING: ' + w for w in eni['warnings']]
+    return lines
+
+
+def eni_html(eni):
+    esc = html.escape
+    out = ['<h2>ENIs per node</h2><table><thead><tr><th>Node</th><th>Instance</th><th>Type</th><th>ENIs</th>'
+           '<th>Addresses of the limit</th><th></th><th>In use</th></tr></thead><tbody>']
+    for node, n in eni['nodes'].items():
+        stat = {'size': n['limit'], 'used': n['addresses'], 'percent': n['percent']}
+        out.append('<tr><td>%s</td><td>%s</td><td>%s</td><td class="num">%d</td><td class="barcell">%s</td>'
+                   '<td class="num">%s</td><td class="num">%d</td></tr>' % (
+                       esc(node), esc(n['instance_id'] or '-'), esc(n['instance_type'] or '-'), n['enis'], _bar(stat),
+                       esc(_of(stat)), n['used']))
+    out.append('</tbody></table><h2>Pod subnets</h2><table><thead><tr><th>Subnet</th><th>CIDR</th><th>AZ</th>'
+               '<th>Taken</th><th></th><th>Free</th></tr></thead><tbody>')
+    for sid, s in eni['subnets'].items():
+        stat = {'size': s['size'], 'used': s['used'], 'percent': s['percent']}
+        out.append('<tr><td>%s</td><td>%s</td><td>%s</td><td class="barcell">%s</td><td class="num">%s</td>'
+                   '<td class="num">%s</td></tr>' % (esc(sid), esc(s['cidr'] or '-'), esc(s['az'] or '-'), _bar(stat),
+                                                     esc(_of(stat)), _num(s['available'])))
+    out.append('</tbody></table>')
+    for w in eni['warnings']:
+        out.append('<p class="sub"><b>Warning:</b> %s</p>' % esc(w))
     return ''.join(out)

@@ -201,8 +201,10 @@ def test_good_eni_defaults():
     assert model['eni'] == {
         'region': 'us-east-1', 'endpoint_url': 'http://127.0.0.1:5000',
         'metadata_url': None, 'pre_allocate': 8, 'min_allocate': 0, 'max_above_watermark': 0,
-        'first_interface_index': 1, 'subnet_ids': ['subnet-0a1b2c3d'], 'subnet_tags': {},
-        'security_group_ids': [], 'security_group_tags': {}, 'tags': {'team': 'net'}}
+        'first_interface_index': 1, 'mtu': 9001, 'subnet_ids': ['subnet-0a1b2c3d'], 'subnet_tags': {},
+        'security_group_ids': [], 'security_group_tags': {}, 'tags': {'team': 'net'},
+        'max_allocate': 0, 'prefix_delegation': False, 'release_excess_ips': False,
+        'delete_on_termination': True}
     assert model['nodes']['node1']['instance'] == {'id': 'i-0123456789abcdef0',
                                                    'type': 'c5.large'}
 
@@ -237,7 +239,8 @@ def test_lab_base_model():
         'datapath': {'enabled': True, 'host_routing': 'bpf',
                      'label_filter': list(inventory.DEFAULT_LABEL_FILTER)},
         'nodes': dict(('node%d' % i, {'node_ip': '192.168.50.%d' % (10 + i), 'node_device': None,
-                                      'labels': {}, 'pod_cidrs': [], 'instance': None, 'endpoints': []})
+                                      'labels': {}, 'pod_cidrs': [], 'instance': None, 'endpoints': [],
+                                      'eni': None})
                       for i in (1, 2, 3)),
     }
 
@@ -299,7 +302,7 @@ def test_cidrs_and_addresses_are_canonical():
     assert model['ipam']['cluster_pool']['ipv6']['cidrs'] == ['fd00::/104']
     assert model['nodes']['node1'] == {
         'node_ip': '192.168.50.11', 'node_device': 'eth1', 'labels': {'topology.kubernetes.io/zone': 'a'},
-        'pod_cidrs': [], 'instance': None, 'endpoints': []}
+        'pod_cidrs': [], 'instance': None, 'endpoints': [], 'eni': None}
 
 
 def test_policy_rules_are_normalized():

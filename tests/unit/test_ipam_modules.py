@@ -399,7 +399,7 @@ def test_record_use_records_each_endpoints_name_addresses_identity_and_id(tmp_pa
     assert sorted(identity.endpoint_records(led.read()['nodes']['node1'])) == ['podnet-health', 'tools/probe']
 
 
-def test_record_use_in_crd_mode_records_endpoints_in_the_ledger_and_eni_mode_records_nothing(tmp_path):
+def test_record_use_in_crd_and_eni_modes_records_endpoints_in_the_ledger(tmp_path):
     from ansible_collections.podnet.fabric.plugins.plugin_utils import identity
     path = str(tmp_path / 'ledger.json')
     led = ledger.open_ledger({'backend': 'file', 'path': path}, cluster='lab')
@@ -410,9 +410,15 @@ def test_record_use_in_crd_mode_records_endpoints_in_the_ledger_and_eni_mode_rec
     assert rec['updated'] and rec['record'] == 'status.ipam.used, endpoints'
     assert identity.endpoint_records(led.read()['nodes']['node1']) == {
         'podnet-health': {'ep_id': 1, 'identity': identity.HEALTH, 'ips': ['10.1.0.2']}}
+    # eni mode: the endpoint records eni_allocate counts as the node's IPs in use, nothing else
+    eni_used = {'10.100.1.4': {'owner': 'default/web-1'}}
+    rec = ipam_controller.record_use(_model('eni', path), 'node1', {'eni': {'ipv4': 1}}, eni_used)
+    assert rec == {'updated': True, 'location': path, 'record': 'endpoints'}
+    entry = led.read()['nodes']['node1']
+    assert identity.endpoint_records(entry)['default/web-1']['ips'] == ['10.100.1.4'] and 'pools_used' not in entry
     serial = led.read()['serial']
-    assert ipam_controller.record_use(_model('eni', path), 'node1', {}, {}) == {
-        'updated': False, 'location': path, 'record': None}
+    assert ipam_controller.record_use(_model('eni', path), 'node1', {'eni': {'ipv4': 1}}, eni_used)['updated'] is False
+    assert ipam_controller.record_use(_model('eni', path), 'node9', {}, eni_used)['updated'] is False
     assert led.read()['serial'] == serial
 
 

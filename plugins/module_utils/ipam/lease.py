@@ -100,6 +100,8 @@ def lease_disagreement(stored, desired):
     when the ledger legitimately changed the allocation (prune, multi-pool growth, new pod CIDRs)."""
     if stored is None or desired is None or lease_problem(stored):
         return None
+    if desired.get('mode') == 'eni':
+        return None   # the node's ENI addresses follow EC2 (eni_allocate), not a ledger allocation
     have, want = _holdings(stored), _holdings(desired)
     if have == want:
         return None
@@ -161,7 +163,11 @@ def cluster_pod_cidrs(nodes):
 
 
 def lease_router_ips(lease):
-    """The router IPs of every CIDR of the lease (IPv4 first); single addresses have none."""
+    """The router IPs of every CIDR of the lease (IPv4 first); single addresses have none, and an
+    eni lease none at all: its addresses are the VPC's, routed by the ENIs (the eni role), and a
+    /28 delegated prefix's first address is a pod's, not a router's."""
+    if (lease or {}).get('mode') == 'eni':
+        return []
     out = []
     cidrs = lease_cidrs(lease)
     for fam in FAMILIES:
