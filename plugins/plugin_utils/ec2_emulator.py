@@ -13,6 +13,7 @@ On top of moto (5.x):
   correct client would never converge against it);
 - CreateNetworkInterface honours ClientToken as EC2 does (moto ignores it): a repeated token gets the
   first answer, the same ENI, instead of a second one;
+- an ENI address is never handed out twice (moto draws them at random, and an ENI could get one twice);
 - fault injection, in the server so that it reaches every client process (an ansible-playbook run and
   its forks, not only a test's own process) and so that the client's whole retry path runs (botocore's
   standard retry mode, then eni_cloud's backoff), which a botocore event hook inside the client would
@@ -124,6 +125,8 @@ class Emulator(object):
         environ['wsgi.input'] = io.BytesIO(body)
         if path.startswith('/podnet-emulator/'):
             return self._control(environ, start_response, path, body)
+        if path.startswith('/moto-api/reset'):
+            _HANDED.clear()
         params = parse_qs(body.decode('utf-8', 'replace')) if body else parse_qs(environ.get('QUERY_STRING') or '')
         action = (params.get('Action') or [''])[0]
         if action:
@@ -159,12 +162,29 @@ class Emulator(object):
         return out
 
 
+_HANDED = set()     # IPv4 addresses given to ENIs since the last /moto-api/reset
+
+
 def _patch_moto():
-    """ModifyNetworkInterfaceAttribute: moto drops Attachment.DeleteOnTermination; keep it."""
+    """ModifyNetworkInterfaceAttribute: moto drops Attachment.DeleteOnTermination; keep it. ENI addresses:
+    moto draws each at random with no check, so an ENI can get one address twice (then it holds one fewer
+    than asked, and a client that counts right asks again on every run): never hand one out twice."""
+    from moto.ec2.models import elastic_network_interfaces as models
     from moto.ec2.responses import elastic_network_interfaces as responses
     cls = responses.ElasticNetworkInterfaces
     if getattr(cls, '_podnet_patched', False):
         return
+    draw = models.random_private_ip
+
+    def unique_private_ip(cidr=None, ipv6=False):
+        ip = draw(cidr, ipv6)
+        for _attempt in range(10000):
+            if ipv6 or not cidr or ip not in _HANDED:
+                break
+            ip = draw(cidr, ipv6)
+        _HANDED.add(ip)
+        return ip
+    models.random_private_ip = unique_private_ip
     original = cls.modify_network_interface_attribute
 
     def modify_network_interface_attribute(self):
