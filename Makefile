@@ -12,7 +12,7 @@ BENCHES := $(patsubst bench/%.py,%,$(wildcard bench/[a-z]*.py))
 PYTEST_ARGS ?=
 COLL := build/ansible_collections/podnet/fabric
 
-.PHONY: bootstrap demo down test sanity lint unit integration molecule bench bench-quick ee clean
+.PHONY: bootstrap demo down test test-vm sanity lint unit integration molecule bench bench-quick ee clean
 
 # scripts/test.sh runs bootstrap once and sets PODNET_BOOTSTRAPPED for the targets it calls.
 bootstrap:
@@ -29,6 +29,12 @@ down: bootstrap
 # The whole suite in stages (static, lab, bench), with a table of wall time per stage at the end.
 test:
 	@scripts/test.sh
+
+# The VM tier: Debian 12 VMs under qemu TCG (scripts/vm/), one molecule/vm_* scenario at a time, with
+# its own bootstrap step (qemu, debootstrap, vde2) so that the namespace suite does not pay for it.
+VM_SCENARIOS ?=
+test-vm: bootstrap
+	@scripts/vm/test.sh $(VM_SCENARIOS)
 
 # ansible-test needs the collection at ansible_collections/<ns>/<name>: test a copy of the tracked files.
 sanity: bootstrap
