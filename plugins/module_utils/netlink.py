@@ -16,10 +16,20 @@ import traceback
 
 from ansible_collections.podnet.fabric.plugins.module_utils.netns import CLONE_NEWNET, libc
 
+# Seconds pyroute2 waits for the helper process of a network namespace operation (see below).
+NETNS_CHILD_TIMEOUT = 60
+
 try:
     # Modules use netlink.IPRoute: one import site for the optional dependency.
     from pyroute2 import IPRoute  # noqa: F401 pylint: disable=unused-import
     import pyroute2
+    from pyroute2 import config as _pyroute2_config
+    # pyroute2 gives the child process of a namespace operation (netns.create, IPRoute(netns=...))
+    # 2 s to answer and 10 s to open its socket. A busy node misses that (a Debian VM under qemu
+    # emulation did, every time: "no response from the child") and the module fails half done.
+    for _name in ('default_communicate_timeout', 'default_create_socket_timeout'):
+        if isinstance(getattr(_pyroute2_config, _name, None), (int, float)):
+            setattr(_pyroute2_config, _name, max(getattr(_pyroute2_config, _name), NETNS_CHILD_TIMEOUT))
     HAS_PYROUTE2 = True
     PYROUTE2_IMPORT_ERROR = None
 except ImportError:

@@ -116,3 +116,10 @@ def test_which_errors_mean_already_gone(code, gone):
     assert netlink.is_gone(NetlinkError(code)) is gone
     assert netlink.is_gone(OSError(code, 'x')) is gone
     assert netlink.is_gone(ValueError('x')) is False
+
+
+def test_pyroute2_waits_long_enough_for_its_namespace_helper_on_a_busy_node():
+    # A Debian VM under qemu emulation missed pyroute2's 2 s for netns.create's child every time.
+    from pyroute2 import config
+    assert config.default_communicate_timeout >= netlink.NETNS_CHILD_TIMEOUT == 60
+    assert config.default_create_socket_timeout >= 60
