@@ -23,7 +23,7 @@ step() {   # step NAME COMMAND...
   return $rc
 }
 step bootstrap scripts/vm/bootstrap.sh || exit 1
-step image scripts/vm/vmctl.py image || { failed=1; scenarios=(); }
+step image python scripts/vm/vmctl.py image || { failed=1; scenarios=(); }
 for sc in "${scenarios[@]}"; do
   step "molecule-$sc" molecule test -s "$sc"
 done

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Start and stop the VMs of the podnet VM tier (Debian 12 under qemu TCG).
 
 up: builds the node image when its inputs changed (build-image.sh, cached), then boots one VM per
