@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import labutil
 import pytest
@@ -239,6 +240,29 @@ def test_a_label_change_moves_the_endpoint_and_the_policy_follows(pdp):
     assert tcp('other-2', 'web-1')
     assert tcp('client-1', 'web-1')
     assert sorted(p['id'] for p in bpf_info(pdp.inv, 'node1')['programs']) == sorted(p['id'] for p in before)
+
+
+def test_the_policy_pass_enforces_rule_and_label_changes_with_maps_alone(pdp):
+    # The rule's allow moves from 8080 to 9090, and other-2 takes back its own label.
+    moved = {'rules': [dict(POLICY['rules'][0], ingress=[{'from_endpoints': [{'app': 'client'}],
+                                                          'to_ports': [{'port': 9090, 'protocol': 'tcp'}]}])]}
+    ids = dict((n, sorted(p['id'] for p in bpf_info(pdp.inv, n)['programs'])) for n in NODES)
+    pdp.write(policy=moved)
+    t0 = time.monotonic()
+    out = run_ok('policy.yml', pdp.inv)
+    seconds = time.monotonic() - t0
+    assert not tcp('client-1', 'web-1') and not tcp('client-2', 'web-1')
+    assert not tcp('other-2', 'web-1')
+    # Maps alone: the same programs (nothing compiled or attached).
+    assert ids == dict((n, sorted(p['id'] for p in bpf_info(pdp.inv, n)['programs'])) for n in NODES)
+    assert 'Reconcile the endpoints' not in out
+    pdp.write()
+    run_ok('policy.yml', pdp.inv)
+    assert tcp('client-1', 'web-1') and tcp('client-2', 'web-1')
+    assert not tcp('other-2', 'web-1')
+    # Nothing left to change.
+    assert all(recap(run_ok('policy.yml', pdp.inv))[n]['changed'] == 0 for n in NODES)
+    print('\npolicy.yml, a rule and a label change on 2 nodes: %.1f s' % seconds)
 
 
 def test_disabled_leaves_no_pin_or_filter_and_removed_endpoints_go(pdp):

@@ -20,6 +20,8 @@ def _tasks(tasks=None):
     for t in tasks if tasks is not None else _load('roles/datapath/tasks/main.yml'):
         yield t
         yield from _tasks(t.get('block') or [])
+        if t.get('ansible.builtin.import_tasks'):
+            yield from _tasks(_load('roles/datapath/tasks/' + t['ansible.builtin.import_tasks']))
 
 
 def task(name):
@@ -199,3 +201,32 @@ def test_check_mode_attaches_nothing_to_a_tunnel_device_the_run_would_create():
     progs = render('This node\'s entries and programs', 'datapath_programs', check=True, datapath_plan=PLAN,
                    datapath_devices={}, node_prereqs_node={'underlay': {'name': 'eth0'}, 'links': {'podnet_vxlan': {}}})
     assert [p['device'] for p in progs] == ['eth0', 'eth0', 'podnet_vxlan']
+
+
+def test_the_policy_pass_names_the_devices_as_the_endpoint_module_does():
+    from ansible_collections.podnet.fabric.plugins.module_utils.endpoint import device_name
+
+    t = [t for t in _tasks(_load('roles/datapath/tasks/policy.yml')) if t.get('name') == 'The endpoints\' devices, from the store'][0]
+    variables = dict(_load('roles/datapath/defaults/main.yml'))
+    store = {'node_used': {'10.244.1.2': {'owner': 'podnet-health'}, '10.244.1.3': {'owner': 'default/web-1'},
+                           'fd00::3': {'owner': 'default/web-1'}, '10.244.1.4': {'owner': 'prod/db.0'},
+                           '10.244.1.5': {'owner': 'someone-else'}}}
+    variables.update(datapath_store=store)
+    devices = Templar(loader=LOADER, variables=variables).template(t['ansible.builtin.set_fact']['datapath_devices'])
+    assert devices == {'podnet-health': 'lxc_health', 'default/web-1': device_name('default.web-1'),
+                       'prod/db.0': device_name('prod.db.0')}
+    # The pass attaches nothing: the programs task is skipped there, not in site.yml's run.
+    assert task('Attach the programs')['when'] == 'not datapath_maps_only | bool'
+    assert _load('roles/datapath/defaults/main.yml')['datapath_maps_only'] is False
+
+
+def test_only_stale_endpoints_with_a_namespace_are_removed():
+    # default/old was made by the role (its namespace exists); default/adhoc was allocated with
+    # ipam_endpoint alone (molecule ipam does so): no namespace, left alone.
+    results = {'results': [{'item': 'default/old', 'stat': {'exists': True}},
+                           {'item': 'default/adhoc', 'stat': {'exists': False}}]}
+    assert render('Keep the ones with a namespace', 'datapath_stale_ids', datapath_stale_netns=results) == ['default/old']
+    t = task('Look for the namespaces of the endpoints the inventory no longer lists')
+    assert Templar(loader=LOADER, variables={'item': 'prod/db.0'}).template(t['ansible.builtin.stat']['path']) == '/run/netns/prod.db.0'
+    # No candidate: no stat run, nothing removed.
+    assert render('Keep the ones with a namespace', 'datapath_stale_ids', datapath_stale_netns={'results': []}) == []
