@@ -62,7 +62,7 @@ SWITCHES = (('tunnel->native', 'native', 1450), ('native->tunnel', 'tunnel', 0))
 
 CLUSTER = """---
 podnet_cluster: {name: %(name)s, id: 0}
-podnet_datapath: {host_routing: %(host_routing)s}
+podnet_datapath: {enabled: true, host_routing: %(host_routing)s}
 podnet_ipam:
   mode: cluster-pool
   ledger: {backend: file, path: "/run/podnet-lab/{{ podnet_lab_prefix }}/ledger.json"}
