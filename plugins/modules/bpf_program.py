@@ -228,7 +228,7 @@ from ansible_collections.podnet.fabric.plugins.module_utils.reconcile import Rec
 
 
 def attach(module, ipr, item, carried, support):
-    """One attachment's reconcile pass: (its result, the loader). ``carried`` holds, per source file,
+    """One attachment's reconcile pass: its result. ``carried`` holds, per source file,
     the pins and record a check-mode pass before this one projected for its compile, so a later
     attachment of the same file plans no second compile. ``support``: the probed host-routing
     helpers (None when not probed)."""
