@@ -145,3 +145,14 @@ def purge(prefix):
     left = leftovers(prefix)
     if left:
         raise BenchError('lab %s: could not remove %s' % (prefix, left))
+
+
+def stop(procs):
+    """End a bench's own child processes, by their handles: terminate, then kill after 10 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()

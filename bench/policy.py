@@ -433,13 +433,7 @@ def change_to_enforcement(tmp, servers):
 
 def teardown(procs):
     problems = []
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()            # our own servers, by their handles
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    _common.stop(procs)              # our own servers
     try:
         _common.purge(PREFIX)
     except Exception as e:  # noqa: BLE001 - reported

@@ -115,16 +115,6 @@ def spawn(n, netns, argv):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
 
 
-def stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()            # our own children, by their handles
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 # ---------------------------------------------------------------- one round
 
 def one_round(inv, webs):
@@ -146,7 +136,7 @@ def one_round(inv, webs):
         time.sleep(0.5)   # the allowed connections go on past the change
         held = dict((n, json.loads(holds[n].communicate(input='', timeout=30)[0].strip().splitlines()[-1])) for n in NODES)
     finally:
-        stop(list(holds.values()) + list(probes.values()))
+        _common.stop(list(holds.values()) + list(probes.values()))
     never = [n for n in NODES if probed[n]['dropped_at'] is None]
     if never:
         raise BenchError('the deny was never enforced on %s: %s' % (', '.join(never), probed))
@@ -182,7 +172,7 @@ def measure(args, tmp):
             rounds.append(one_round(inv, webs))
             print('round %d: %s' % (r + 1, json.dumps(rounds[-1])), flush=True)
     finally:
-        stop(servers)
+        _common.stop(servers)
         try:
             _common.playbook('lab_down.yml', inv)
         finally:
