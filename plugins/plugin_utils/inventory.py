@@ -499,7 +499,7 @@ CLUSTER_SCHEMA = {
     'podnet_datapath': {
         'type': 'dict',
         'children': {
-            'enabled': {'type': 'bool', 'default': False},
+            'enabled': {'type': 'bool', 'default': True},
             'host_routing': {'type': 'str', 'choices': ('bpf', 'kernel'), 'default': 'bpf'},
             'label_filter': {'type': 'list', 'default': list(DEFAULT_LABEL_FILTER),
                              'elements': {'type': 'str', 'check': _check_label_pattern}},

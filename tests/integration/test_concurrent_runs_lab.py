@@ -86,6 +86,10 @@ def test_health_endpoint_runs_at_once_take_turns(lab):
     assert [rc for rc, _res in results] == [0] * RUNS, [res.get('msg') for _rc, res in results]
     assert sorted(res['changed'] for _rc, res in results) == [False] * (RUNS - 1) + [True]
     assert len(set(res['pid'] for _rc, res in results)) == 1      # one responder, the others found it
+    # The module alone made a new lxc_health, without the datapath's programs or its endpoints map
+    # entry (podnet_datapath.enabled): site.yml puts them back, on node1 only, and verify passes.
+    out = run_ok('site.yml', lab)
+    assert recap(out)['node1']['changed'] > 0 and recap(out)['node2']['changed'] == 0, recap(out)
     run_ok('verify.yml', lab)
 
 

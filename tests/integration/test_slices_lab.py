@@ -3,8 +3,8 @@ holds only its own hosts (as AWX writes it), sharing one ledger.
 
 The worst case runs: slice 1 converges before slice 2 allocates, so slice 1's nodes do not know
 slice 2's node. Each slice's own site.yml (with verify) passes; verify.yml over the whole inventory
-then fails naming the missing peer; playbooks/peers.yml closes the gap (timed), and verify.yml
-passes, pod to pod across every pair. A slice may not prune: refused before any node is touched.
+then fails naming the missing peer; playbooks/peers.yml closes the gap (timed: routes and the
+datapath's maps), and verify.yml passes, pod to pod across every pair, under a cluster-only policy. A slice may not prune: refused before any node is touched.
 """
 import json
 import os
@@ -51,9 +51,18 @@ def fdb_peers(node):
     return sorted(set(e['dst'] for e in json.loads(out or '[]') if e.get('dst')))
 
 
+# Every endpoint (the health endpoints) takes traffic from the cluster only: a node whose ipcache does
+# not hold a peer's endpoints judges them as world and drops them, so the walk after peers.yml fails
+# unless peers.yml synced the datapath's maps too.
+POLICY = {'podnet_policy': {'rules': [{'name': 'cluster-only', 'endpoint_selector': {},
+                                       'ingress': [{'from_entities': ['cluster']}]}]}}
+
+
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
     with labutil.own_lab(PREFIX, str(tmp_path_factory.mktemp('psl') / 'inv'), nodes=len(NODES)) as inv:
+        with open(os.path.join(inv, 'group_vars', 'all', 'policy.yml'), 'w') as f:
+            yaml.safe_dump(POLICY, f)
         yield inv
 
 
@@ -90,6 +99,8 @@ def test_slices_converge_with_the_peers_pass(lab, tmp_path):
                         ('node3', ['192.168.50.11', '192.168.50.12'])):
         assert fdb_peers(node) == peers, node
 
-    # verify.yml probes pod to pod between every pair of health endpoints, and checks every route.
+    # verify.yml probes pod to pod between every pair of health endpoints, checks every route, and
+    # walks every pair under the policy (each node's ipcache holds every node's health endpoint).
     out = run_ok('verify.yml', lab)
     assert 'pending, allocated after' not in out
+    assert 'packet walk: 4 connections as the policy says' in out, out[-3000:]

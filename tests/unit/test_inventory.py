@@ -236,7 +236,7 @@ def test_lab_base_model():
                     'routes': True, 'link_kinds': ['vxlan'], 'bgp': None, 'overhead': 50},
         'eni': None,
         'policy': {'rules': []},
-        'datapath': {'enabled': False, 'host_routing': 'bpf',
+        'datapath': {'enabled': True, 'host_routing': 'bpf',
                      'label_filter': list(inventory.DEFAULT_LABEL_FILTER)},
         'nodes': dict(('node%d' % i, {'node_ip': '192.168.50.%d' % (10 + i), 'node_device': None,
                                       'labels': {}, 'pod_cidrs': [], 'instance': None, 'endpoints': [],
@@ -327,7 +327,7 @@ def test_endpoints_and_datapath_defaults():
     assert model['nodes']['node1']['endpoints'] == [
         {'name': 'web-1', 'namespace': 'default', 'labels': {'app': 'web'}},
         {'name': 'db-0', 'namespace': 'data', 'labels': {}}]
-    assert model['datapath'] == {'enabled': False, 'host_routing': 'kernel', 'label_filter': ['!build-id']}
+    assert model['datapath'] == {'enabled': True, 'host_routing': 'kernel', 'label_filter': ['!build-id']}
 
 
 def test_endpoints_fill_the_node_cidr_but_the_router_and_health_endpoint():
