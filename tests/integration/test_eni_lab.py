@@ -3,7 +3,7 @@ metadata inside each node, ENIs that appear as ethN when attached, a VPC namespa
 
 site.yml (eni mode) allocates ENIs and secondary IPs through EC2 (eni_allocate), gives each node's
 endpoint (podnet_endpoints: web-1 on node1, client-1 on node2) one of its ENI IPs, and routes them
-by source (eni_routing). Proven from the kernel and packets: the rules and tables, pod-to-pod
+by source (eni_routing), with the eBPF datapath on its pods. Proven from the kernel and packets: the rules and tables, pod-to-pod
 through the VPC with the pod IPs preserved (a capture on the VPC bridge: no SNAT), egress through
 the ENI that owns the pod IP (a capture on that ENI's VPC port), a second run and a check run that
 change nothing, and a teardown that leaves no namespace, veth, rule, route or daemon.
@@ -22,7 +22,7 @@ import pytest
 
 from labutil import REPO, nsenter, run_ok
 
-from ansible_collections.podnet.fabric.plugins.module_utils import daemon, lab_ec2
+from ansible_collections.podnet.fabric.plugins.module_utils import daemon, endpoint, lab_ec2
 
 PREFIX = 'pen'
 VPC_NS = lab_ec2.vpc_netns(PREFIX)
@@ -256,6 +256,24 @@ def test_egress_leaves_through_the_eni_that_owns_the_pod_ip(pods):
         underlay = under.communicate(timeout=10)[0]
     assert len([1 for s, d, w in seen if (s, d) == (client, web) and 'request' in w]) >= 2, seen
     assert client not in underlay and web not in underlay, underlay
+
+
+def test_the_datapath_runs_in_eni_mode(eni_lab, pods):
+    """podnet_datapath.enabled (the default) in eni mode: each pod's lxc device carries from_container
+    and to_container, the underlay from_netdev and to_netdev, and each node's ipcache holds both pods
+    (the tests above passed through these programs, with eBPF host routing where the kernel has it)."""
+    for node, (name, ip, _eni) in pods.items():
+        rc, info = labutil.adhoc(eni_lab['inv'], node, 'podnet.fabric.bpf_info', {})
+        assert rc == 0, info
+        hooks = dict(((a['device'], a['hook']), a['name']) for a in info['attachments'])
+        dev = endpoint.device_name('default.' + name)
+        assert hooks.get((dev, 'ingress')) == 'from_container' and hooks.get((dev, 'egress')) == 'to_container', hooks
+        assert hooks.get(('eth0', 'ingress')) == 'from_netdev' and hooks.get(('eth0', 'egress')) == 'to_netdev', hooks
+        maps = dict((m['name'], m) for m in info['maps'])
+        # both pods and both nodes' addresses at least
+        assert maps['ipcache']['entries'] >= len(pods) + len(NODES), maps['ipcache']
+        assert info['host_routing']['mode'] in ('bpf', 'kernel'), info['host_routing']
+        assert not [d for d in info['drops'] if d['reason_name'] == 'policy denied'], info['drops']
 
 
 def test_first_run_allocated_and_converged(eni_lab):
