@@ -22,10 +22,12 @@ a destination (no reload between rounds):
   are (iptables on this machine is the nft backend; no conntrack shortcut).
 The programs are podnet's, compiled by the bpf_program module with host_routing kernel, so every
 configuration takes the same kernel forwarding path and only the policy differs.
-Per round, the configurations interleaved: one iperf3 TCP stream (--seconds; client CPU 0, server
-CPU 1), a connection rate (connect, 1-byte request, 1-byte reply, close, for --seconds) and the
-request/reply latency over one connection (1 byte each way, median). Figures are medians over the
-rounds; each ratio is the median of the per-round paired ratios (to ebpf-0) with min-max.
+Per round, the configurations interleaved: iperf3 TCP streams of 1 s, the configurations in turn
+until each had --seconds (each round starts one configuration further on; the mean), then a connection rate (connect, 1-byte request, 1-byte reply, close
+by RST so that no TIME_WAIT socket piles up) and the request/reply latency over one connection (1
+byte each way, median), each a client that takes the configurations in turn in 0.1 s slices until
+each had --seconds (half that for the latency). iperf3's client is on CPU 0 and its server on CPU 1.
+Figures are medians over the rounds; each ratio is the median of the per-round paired ratios (to ebpf-0) with min-max.
 Per-packet cost: BPF_PROG_TEST_RUN of the pinned to_container on a packet from the client to each
 ebpf-N endpoint, 200,000 repetitions per round; the packet is IPv4 protocol 47 (no ports: conntrack
 never tracks it, so every repetition takes the policy lookups, as a connection's first packet does).
@@ -206,11 +208,14 @@ s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(512)
 print('ready', flush=True)
 def serve(c):
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    while True:
-        d = c.recv(1)
-        if not d:
-            break
-        c.sendall(d)
+    try:
+        while True:
+            d = c.recv(1)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:   # the connection-rate client closes by RST
+        pass
     c.close()
 while True:
     c, _ = s.accept()
@@ -218,34 +223,59 @@ while True:
 '''
 
 
-def child_crr(address, seconds):
-    """Connections per second: connect, 1-byte request, 1-byte reply, close."""
-    n, end = 0, time.monotonic() + seconds
-    t0 = time.monotonic()
-    while time.monotonic() < end:
-        c = socket.create_connection((address, ECHO_PORT), timeout=2)
-        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.sendall(b'x')
-        if c.recv(1) != b'x':
-            raise SystemExit('no reply')
+# Close by RST (SO_LINGER 0): no TIME_WAIT socket is left, so a configuration measured late in a round
+# does not find the thousands the ones before it left in the client's namespace.
+LINGER_RST = struct.pack('ii', 1, 0)
+
+
+# Both clients take every configuration in turn, SLICE seconds each, until each had its share: this
+# machine's speed drifts within seconds (a shared host), and slices this short put every configuration
+# under the same drift, where one configuration after another would not.
+SLICE = 0.1
+
+
+def _slices(addresses, seconds):
+    """(address, slice end) for each configuration in turn until each had `seconds`."""
+    for _ in range(max(1, int(round(seconds / SLICE)))):
+        for a in addresses:
+            yield a, time.monotonic() + SLICE
+
+
+def child_crr(addresses, seconds):
+    """Connections per second to each address: connect, 1-byte request, 1-byte reply, close (by RST)."""
+    count, spent = dict((a, 0) for a in addresses), dict((a, 0.0) for a in addresses)
+    for address, end in _slices(addresses, seconds):
+        t0 = time.monotonic()
+        while time.monotonic() < end:
+            c = socket.create_connection((address, ECHO_PORT), timeout=2)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            c.sendall(b'x')
+            if c.recv(1) != b'x':
+                raise SystemExit('no reply from %s' % address)
+            c.close()
+            count[address] += 1
+        spent[address] += time.monotonic() - t0
+    return dict((a, {'conn_per_s': count[a] / spent[a], 'connections': count[a]}) for a in addresses)
+
+
+def child_rr(addresses, seconds):
+    """Median request/reply time over one connection to each address, 1 byte each way, in microseconds."""
+    conns, samples = {}, dict((a, []) for a in addresses)
+    for a in addresses:
+        conns[a] = socket.create_connection((a, ECHO_PORT), timeout=2)
+        conns[a].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for address, end in _slices(addresses, seconds):
+        c = conns[address]
+        while time.monotonic() < end:
+            t = time.perf_counter_ns()
+            c.sendall(b'x')
+            if c.recv(1) != b'x':
+                raise SystemExit('no reply from %s' % address)
+            samples[address].append((time.perf_counter_ns() - t) / 1000.0)
+    for c in conns.values():
         c.close()
-        n += 1
-    return {'conn_per_s': n / (time.monotonic() - t0), 'connections': n}
-
-
-def child_rr(address, seconds):
-    """Median request/reply time over one connection, 1 byte each way, in microseconds."""
-    c = socket.create_connection((address, ECHO_PORT), timeout=2)
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    samples, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
-        t = time.perf_counter_ns()
-        c.sendall(b'x')
-        if c.recv(1) != b'x':
-            raise SystemExit('no reply')
-        samples.append((time.perf_counter_ns() - t) / 1000.0)
-    c.close()
-    return {'rr_us': statistics.median(samples), 'samples': len(samples)}
+    return dict((a, {'rr_us': statistics.median(samples[a]), 'samples': len(samples[a])}) for a in addresses)
 
 
 class _TestRun(ctypes.Structure):
@@ -332,9 +362,9 @@ def child(argv):
     elif kind == 'probe':
         doc = child_probe(argv[1], int(argv[2]), float(argv[3]))
     elif kind == 'crr':
-        doc = child_crr(argv[1], float(argv[2]))
+        doc = child_crr(argv[2:], float(argv[1]))
     elif kind == 'rr':
-        doc = child_rr(argv[1], float(argv[2]))
+        doc = child_rr(argv[2:], float(argv[1]))
     else:
         doc = child_testrun(argv[2:], int(argv[1]))
     print(json.dumps(doc))
@@ -372,11 +402,19 @@ def measure(args, servers):
     rounds = []
     for r in range(args.rounds):
         row = {}
+        # Each round starts one configuration further on, so none is always measured first or last.
+        gbps = dict((n, []) for n in names)
+        for _ in range(args.seconds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                gbps[name].append(iperf(servers[name]['ip'], 1))
         for name in names:
-            address = servers[name]['ip']
-            row[name] = {'gbps': iperf(address, args.seconds)}
-            row[name].update(run_child(['crr', address, args.seconds], netns='pbp-cl'))
-            row[name].update(run_child(['rr', address, max(1, args.seconds // 2)], netns='pbp-cl'))
+            row[name] = {'gbps': statistics.mean(gbps[name])}
+        addresses = [servers[n]['ip'] for n in names]
+        crr = run_child(['crr', args.seconds] + addresses, netns='pbp-cl', timeout=60 + 3 * args.seconds * len(names))
+        rr = run_child(['rr', max(1, args.seconds // 2)] + addresses, netns='pbp-cl', timeout=60 + 3 * args.seconds * len(names))
+        for n in names:
+            row[n].update(crr[servers[n]['ip']])
+            row[n].update(rr[servers[n]['ip']])
         cost = run_child(['testrun', TEST_RUN_REPEAT] + [servers[n]['ip'] for n in ebpf])
         for n in ebpf:
             row[n]['ns_per_packet'] = cost[servers[n]['ip']]
