@@ -5,6 +5,7 @@ import os
 import re
 import resource
 import subprocess
+import threading
 import time
 
 from ansible_collections.podnet.fabric.plugins.module_utils import lab
@@ -285,3 +286,119 @@ def own_lab(prefix, directory, nodes=3, provision=False):
         rc, out = playbook('lab_down.yml', inv)
         purge(prefix)
         assert rc == 0, 'lab_down.yml exited %d:\n%s' % (rc, out[-3000:])
+
+
+# ---------------------------------------------------------------- traffic and BPF state inside a lab
+
+# An echo server (python -c ECHO_SERVER <address> <port>...): echoes on each port until stdin closes
+# or it is ended by its handle; prints 'ready' once every port listens.
+ECHO_SERVER = r'''
+import socket, sys, threading
+def serve(s):
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+def echo(c):
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+for p in sys.argv[2:]:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(p))); s.listen(64)
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+print('ready', flush=True)
+sys.stdin.read()
+'''
+# One connection (python -c TCP_ONE_SHOT <address> <port> [bytes]): `bytes` (default 4) sent and their
+# echo read back; prints 'ok', or 'refused' for anything else. The connect gives up after 0.9 s,
+# before the first SYN retransmission, so a dropped SYN is counted once.
+TCP_ONE_SHOT = r'''
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.9)
+    c.settimeout(5)
+    data = b'x' * (int(sys.argv[3]) if len(sys.argv) > 3 else 4)
+    c.sendall(data)
+    got = b''
+    while len(got) < len(data):
+        d = c.recv(65536)
+        if not d:
+            break
+        got += d
+    ok = got == data
+except OSError:
+    ok = False
+print('ok' if ok else 'refused')
+'''
+
+
+def hexbytes(values):
+    """bpftool -j's list of hex strings as bytes."""
+    return bytes(int(x, 16) for x in values)
+
+
+def bpftool_entries(raw):
+    """(key bytes, value bytes) of each entry of `bpftool -j map dump` output (per-CPU values joined)."""
+    out = []
+    for e in json.loads(raw or '[]'):
+        value = b''.join(hexbytes(v['value']) for v in e['values']) if 'values' in e else hexbytes(e['value'])
+        out.append((hexbytes(e['key']), value))
+    return out
+
+
+def delta(before, after):
+    """The counters that moved between two {key: count} readings, by how much."""
+    return dict((k, v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0))
+
+
+class Capture(object):
+    """tcpdump in a lab namespace (netns, a name under /run/netns) on one interface, with a filter;
+    ours, ended by its Popen handle. packets() reads what it saw so far."""
+
+    def __init__(self, netns, interface, flt):
+        # --immediate-mode: each packet reaches us when it is seen, not when a buffer block fills.
+        self.proc = subprocess.Popen(['nsenter', '--net=/run/netns/' + netns, '--', 'tcpdump', '-n', '-l', '-U',
+                                      '--immediate-mode', '-i', interface, flt],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if 'listening on' in line or not line:
+                break
+        self.lines = []
+        self.reader = threading.Thread(target=self._read)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def stop(self, until, timeout=3.0):
+        """packets(), once until(packets) holds (all the expected packets are in) or after timeout:
+        then the test's assertion sees whatever did arrive."""
+        deadline = time.time() + timeout
+        while not until(self.packets()) and time.time() < deadline:
+            time.sleep(0.02)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        self.proc.stderr.close()
+        return self.packets()
+
+    def packets(self):
+        """[(src, dst, what)] of the IP lines seen so far, ports stripped; what is the rest of the line.
+        "12:00:00.000000 IP 192.168.50.11 > 192.168.50.1: ICMP echo request, id 1, seq 1, length 64" """
+        out = []
+        for line in list(self.lines):
+            parts = line.split()
+            if 'IP' in parts and '>' in parts:
+                i = parts.index('IP')
+                src, dst = parts[i + 1], parts[i + 3].rstrip(':')
+                out.append(('.'.join(src.split('.')[:4]), '.'.join(dst.split('.')[:4]), ' '.join(parts[i + 4:])))
+        return out

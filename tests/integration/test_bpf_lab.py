@@ -89,25 +89,6 @@ INGRESS, EGRESS = 'ingress', 'egress'
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
 
-ECHO_SERVER = r'''
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], port)); s.listen(16)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
-def echo(c):
-    while True:
-        d = c.recv(4096)
-        if not d:
-            return
-        c.sendall(d)
-for p in (8080, 9090, 9500, 7070):
-    threading.Thread(target=serve, args=(p,), daemon=True).start()
-print('ready', flush=True)
-sys.stdin.read()
-'''
 # One connection held open: each line on stdin is sent, its echo printed (or 'timeout').
 HOLD_CLIENT = r'''
 import socket, sys
@@ -119,16 +100,6 @@ for line in sys.stdin:
         print(c.recv(4096).decode().strip(), flush=True)
     except socket.timeout:
         print('timeout', flush=True)
-'''
-# A dropped SYN is counted at once: the connect gives up before the first retransmission.
-ONE_SHOT = r'''
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.9)
-    c.sendall(b'ping'); ok = c.recv(16) == b'ping'
-except OSError:
-    ok = False
-print('ok' if ok else 'refused')
 '''
 
 
@@ -167,16 +138,11 @@ def bpffs():
     return sorted(p for p in node('find', '/sys/fs/bpf').split() if not p.endswith('.debug') and p != '/sys/fs/bpf')
 
 
-def hexbytes(values):
-    return bytes(int(x, 16) for x in values)
-
-
 def dump(name):
     """{entry_id: canonical entry} of a pinned map, from bpftool's raw bytes."""
     out = {}
-    for e in bpftool('map', 'dump', 'pinned', bpf_maps.MAPS[name].path(PIN_ROOT)):
-        key = hexbytes(e['key'])
-        value = b''.join(hexbytes(v['value']) for v in e['values']) if 'values' in e else hexbytes(e['value'])
+    for key, value in labutil.bpftool_entries(node('bpftool', '-j', '-f', 'map', 'dump', 'pinned',
+                                                   bpf_maps.MAPS[name].path(PIN_ROOT))):
         d = bpf_maps.decode(name, key, value)
         out[bpf_maps.entry_id(name, d)] = d
     return out
@@ -184,10 +150,6 @@ def dump(name):
 
 def metrics():
     return dict(((e['reason'], e['direction'], e['rule']), e['packets']) for e in dump('metrics').values())
-
-
-def delta(before, after):
-    return dict((k, v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0))
 
 
 # ---------------------------------------------------------------- traffic
@@ -200,7 +162,7 @@ def ping(src, dst, count=2, source=None):
 
 
 def tcp(src, dst, port):
-    return in_ep(src, sys.executable, '-c', ONE_SHOT, dst, port).strip() == 'ok'
+    return in_ep(src, sys.executable, '-c', labutil.TCP_ONE_SHOT, dst, port).strip() == 'ok'
 
 
 # ---------------------------------------------------------------- runs
@@ -284,7 +246,7 @@ def lab_node(tmp_path_factory):
         lab.apply(PREFIX, desired, lab.plan(desired, lab.read(PREFIX)))
         build_endpoints()
         node('ip', 'link', 'add', VXLAN, 'type', 'vxlan', 'id', '42', 'dstport', '8472', 'dev', 'eth0')
-        server = ep_popen('ep2', [sys.executable, '-c', ECHO_SERVER, EPS['ep2']['ip']])
+        server = ep_popen('ep2', [sys.executable, '-c', labutil.ECHO_SERVER, EPS['ep2']['ip'], '8080', '9090', '9500', '7070'])
         assert server.stdout.readline().strip() == 'ready'
         yield str(inv)
     finally:
@@ -365,7 +327,7 @@ def test_a_spoofed_source_is_dropped_and_counted(attached):
     try:
         before = metrics()
         assert ping('ep1', ROUTER, count=3, source=EPS['ep2']['ip']) == 0
-        assert delta(before, metrics()) == {(130, EGRESS, 0): 3}
+        assert labutil.delta(before, metrics()) == {(130, EGRESS, 0): 3}
     finally:
         in_ep('ep1', 'ip', 'addr', 'del', EPS['ep2']['ip'] + '/32', 'dev', 'eth0')
     # An address that is no endpoint's at all.
@@ -373,7 +335,7 @@ def test_a_spoofed_source_is_dropped_and_counted(attached):
     try:
         before = metrics()
         assert ping('ep1', ROUTER, count=2, source='10.244.1.99') == 0
-        assert delta(before, metrics()) == {(130, EGRESS, 0): 2}
+        assert labutil.delta(before, metrics()) == {(130, EGRESS, 0): 2}
     finally:
         in_ep('ep1', 'ip', 'addr', 'del', '10.244.1.99/32', 'dev', 'eth0')
 
@@ -383,14 +345,14 @@ def test_ipv6_anti_spoofing_policy_and_replies(attached):
     # (neighbour discovery passes unjudged) ...
     before = metrics()
     assert ping('ep1', ROUTER6, count=2) == 2
-    got = delta(before, metrics())
+    got = labutil.delta(before, metrics())
     assert not [k for k in got if k[0]] and got[(0, EGRESS, 0)] == 2 and got[(0, INGRESS, 0)] == 2, got
     # ... an address the endpoints map does not give it is spoofed.
     in_ep('ep1', 'ip', '-6', 'addr', 'add', 'fd00:10:244:1::99/128', 'dev', 'eth0', 'nodad')
     try:
         before = metrics()
         assert ping('ep1', ROUTER6, count=2, source='fd00:10:244:1::99') == 0
-        assert delta(before, metrics()) == {(130, EGRESS, 0): 2}
+        assert labutil.delta(before, metrics()) == {(130, EGRESS, 0): 2}
     finally:
         in_ep('ep1', 'ip', '-6', 'addr', 'del', 'fd00:10:244:1::99/128', 'dev', 'eth0')
 
@@ -401,7 +363,7 @@ def test_policy_allows_denies_and_counts_with_the_rule(attached):
     # (ep1 enforces ingress and allows nothing from 301).
     assert ping('ep1', EPS['ep2']['ip'], count=2) == 2
     assert tcp('ep1', EPS['ep2']['ip'], 8080)
-    got = delta(before, metrics())
+    got = labutil.delta(before, metrics())
     assert not [k for k in got if k[0] != 0], got
     assert got[(0, EGRESS, 0)] >= 2 and got[(0, INGRESS, 0)] >= 2
 
@@ -409,24 +371,24 @@ def test_policy_allows_denies_and_counts_with_the_rule(attached):
     before = metrics()
     assert not tcp('ep1', EPS['ep2']['ip'], 9090)
     assert tcp('ep1', EPS['ep2']['ip'], 9500)
-    got = delta(before, metrics())
+    got = labutil.delta(before, metrics())
     assert got.get((131, INGRESS, 3), 0) >= 1 and set(k for k in got if k[0]) == {(131, INGRESS, 3)}, got
 
     # No rule for 7070: the default deny of an endpoint a rule selects.
     before = metrics()
     assert not tcp('ep1', EPS['ep2']['ip'], 7070)
-    got = delta(before, metrics())
+    got = labutil.delta(before, metrics())
     assert set(k for k in got if k[0]) == {(132, INGRESS, 0)}, got
 
     # The reverse of the one-way rules: ep2 may not open anything to ep1 ...
     before = metrics()
     assert ping('ep2', EPS['ep1']['ip'], count=2) == 0
-    got = delta(before, metrics())
+    got = labutil.delta(before, metrics())
     assert got.get((132, INGRESS, 0)) == 2, got
     # ... and ep1's egress reaches 301 only, not the node.
     before = metrics()
     assert ping('ep1', ROUTER, count=2) == 0
-    assert delta(before, metrics()) == {(132, EGRESS, 0): 2}
+    assert labutil.delta(before, metrics()) == {(132, EGRESS, 0): 2}
 
 
 def test_reload_keeps_the_maps_and_an_open_connection(attached, tmp_path):

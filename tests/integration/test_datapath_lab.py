@@ -43,31 +43,6 @@ POLICY = {'rules': [
      'ingress_deny': [{'from_endpoints': [{'app': 'other'}]}]},
 ]}
 
-ECHO_SERVER = r'''
-import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(16)
-print('ready', flush=True)
-def echo(c):
-    d = c.recv(64)
-    if d:
-        c.sendall(d)
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=echo, args=(c,), daemon=True).start()
-'''
-# A dropped SYN is counted at once: the connect gives up before the first retransmission.
-ONE_SHOT = r'''
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.9)
-    c.sendall(b'ping'); ok = c.recv(16) == b'ping'
-except OSError:
-    ok = False
-print('ok' if ok else 'refused')
-'''
-
 
 def netns(ep):
     return 'default.' + ep
@@ -87,7 +62,7 @@ def address(ep):
 
 
 def tcp(src, dst, port=8080):
-    return in_ep(src, sys.executable, '-c', ONE_SHOT, address(dst), port).strip() == 'ok'
+    return in_ep(src, sys.executable, '-c', labutil.TCP_ONE_SHOT, address(dst), port).strip() == 'ok'
 
 
 def tc_filters(n, dev, hook):
@@ -135,8 +110,8 @@ class Lab:
 
     def start_server(self, ep='web-1', port=8080):
         argv = lab.nsenter_argv(PREFIX, WHERE[ep], ['nsenter', '--net=/run/netns/' + netns(ep), '--',
-                                                    sys.executable, '-c', ECHO_SERVER, str(port)])
-        self.server = subprocess.Popen(argv, stdout=subprocess.PIPE, universal_newlines=True)
+                                                    sys.executable, '-c', labutil.ECHO_SERVER, '0.0.0.0', str(port)])
+        self.server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
         assert self.server.stdout.readline().strip() == 'ready'
 
     def stop_server(self):

@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import labutil
@@ -171,56 +170,14 @@ def test_rules_tables_and_interfaces_from_the_kernel(pods):
         assert got == str(n)
 
 
-def _address(token):
-    """tcpdump's 'a.b.c.d.port' (or 'a.b.c.d') as the address."""
-    return '.'.join(token.split('.')[:4])
-
-
-class Capture(object):
-    """tcpdump in the VPC namespace on one interface (ours, by its Popen handle)."""
-
-    def __init__(self, interface, flt):
-        self.proc = subprocess.Popen(['nsenter', '--net=/run/netns/' + VPC_NS, '--', 'tcpdump', '-n', '-l', '-U',
-                                      '--immediate-mode', '-i', interface] + flt.split(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if 'listening on' in line or not line:
-                break
-        self.lines = []
-        self.reader = threading.Thread(target=self._read)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def stop(self, until, timeout=3.0):
-        deadline = time.time() + timeout
-        while not until(self.packets()) and time.time() < deadline:
-            time.sleep(0.02)
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.reader.join(timeout=10)
-        self.proc.stderr.close()
-        return self.packets()
-
-    def packets(self):
-        """[(src, dst, what)] of the IP lines seen so far (ports stripped)."""
-        out = []
-        for line in list(self.lines):
-            parts = line.split()
-            if 'IP' in parts and '>' in parts:
-                i = parts.index('IP')
-                src, dst = parts[i + 1], parts[i + 3].rstrip(':')
-                out.append((_address(src), _address(dst), ' '.join(parts[i + 4:])))
-        return out
+def vpc_capture(interface, flt):
+    """tcpdump in the VPC namespace on one interface."""
+    return labutil.Capture(VPC_NS, interface, flt)
 
 
 def test_pod_to_pod_through_the_vpc_keeps_the_pod_ips(pods):
     web, client = pods['node1'][1], pods['node2'][1]
-    cap = Capture(lab_ec2.BRIDGE, 'icmp or tcp port 8080')
+    cap = vpc_capture(lab_ec2.BRIDGE, 'icmp or tcp port 8080')
     out = pod('node2', 'client-1', 'ping', '-c', '3', '-i', '0.2', '-W', '2', web, check=False)
     probe = ('import socket, sys\ns = socket.socket(); s.settimeout(3)\nprint(s.connect_ex((sys.argv[1], 8080)))')
     tcp = pod('node2', 'client-1', labutil.VENV_BIN + '/python', '-c', probe, web, check=False)
@@ -242,7 +199,7 @@ def test_egress_leaves_through_the_eni_that_owns_the_pod_ip(pods):
     client, client_eni = pods['node2'][1], pods['node2'][2]
     web = pods['node1'][1]
     port = lab_ec2.port_name(client_eni['NetworkInterfaceId'])
-    cap = Capture(port, 'icmp')
+    cap = vpc_capture(port, 'icmp')
     # and nothing of it on the lab's underlay (node2's eth0)
     under = subprocess.Popen(['nsenter', '--net=/run/netns/%s-ul' % PREFIX, '--', 'tcpdump', '-n', '-l', '-U',
                               '--immediate-mode', '-i', 'br0', 'icmp'],

@@ -60,45 +60,6 @@ NFT = '''table inet phr_count {
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the lab needs root')
 
-ECHO_SERVER = r'''
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], port)); s.listen(16)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
-def echo(c):
-    while True:
-        d = c.recv(65536)
-        if not d:
-            return
-        c.sendall(d)
-for p in (8080, 9090):
-    threading.Thread(target=serve, args=(p,), daemon=True).start()
-print('ready', flush=True)
-sys.stdin.read()
-'''
-# A connection that carries data both ways (200 kB echoed: many segments, replies by conntrack).
-ONE_SHOT = r'''
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.9)
-    c.settimeout(5)
-    data = b'x' * 200000
-    c.sendall(data)
-    got = b''
-    while len(got) < len(data):
-        d = c.recv(65536)
-        if not d:
-            break
-        got += d
-    ok = got == data
-except OSError:
-    ok = False
-print('ok' if ok else 'refused')
-'''
-
 
 def node(n, *argv, check=True):
     return labutil.nsenter(PREFIX, n, [str(a) for a in argv], check=check)
@@ -114,7 +75,7 @@ def ep_popen(e, argv):
 
 
 def tcp(src, dst, port=8080):
-    return in_ep(src, sys.executable, '-c', ONE_SHOT, EPS[dst]['ip'], port).strip() == 'ok'
+    return in_ep(src, sys.executable, '-c', labutil.TCP_ONE_SHOT, EPS[dst]['ip'], port, 200000).strip() == 'ok'
 
 
 def forwarded(n):
@@ -128,22 +89,13 @@ def lxc_tx(e):
     return link['stats64']['tx']['packets']
 
 
-def hexbytes(values):
-    return bytes(int(x, 16) for x in values)
-
-
 def metrics(n):
     out = {}
-    raw = json.loads(node(n, 'bpftool', '-j', '-f', 'map', 'dump', 'pinned', bpf_maps.MAPS['metrics'].path(PIN_ROOT)) or '[]')
-    for e in raw:
-        value = b''.join(hexbytes(v['value']) for v in e['values'])
-        d = bpf_maps.decode('metrics', hexbytes(e['key']), value)
+    raw = node(n, 'bpftool', '-j', '-f', 'map', 'dump', 'pinned', bpf_maps.MAPS['metrics'].path(PIN_ROOT))
+    for key, value in labutil.bpftool_entries(raw):
+        d = bpf_maps.decode('metrics', key, value)
         out[(d['reason'], d['direction'], d['rule'])] = d['packets']
     return out
-
-
-def delta(before, after):
-    return dict((k, v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0))
 
 
 SOURCES = bpf.read_sources(os.path.join(REPO, 'bpf'))
@@ -233,7 +185,7 @@ def phr():
         lab.apply(PREFIX, desired, lab.plan(desired, lab.read(PREFIX)))
         build()
         for e in ('b', 'c'):
-            servers.append(ep_popen(e, [sys.executable, '-c', ECHO_SERVER, EPS[e]['ip']]))
+            servers.append(ep_popen(e, [sys.executable, '-c', labutil.ECHO_SERVER, EPS[e]['ip'], '8080', '9090']))
             assert servers[-1].stdout.readline().strip() == 'ready'
         yield
     finally:
@@ -273,7 +225,7 @@ def test_bpf_host_routing_bypasses_the_host_stack_and_still_enforces(phr, tmp_pa
     # segments even as GSO super-packets).
     assert tx['b'] <= 3 and tx['c'] <= 3, tx
     # Judged all the same: node2 counted c's ingress (and a's egress on node1), and no drop.
-    g1, g2 = delta(m1, metrics('node1')), delta(m2, metrics('node2'))
+    g1, g2 = labutil.delta(m1, metrics('node1')), labutil.delta(m2, metrics('node2'))
     assert g2.get((0, INGRESS, 0), 0) >= 10 and g1.get((0, EGRESS, 0), 0) >= 10, (g1, g2)
     assert not [k for k in list(g1) + list(g2) if k[0]], (g1, g2)
 
@@ -283,7 +235,7 @@ def test_bpf_host_routing_bypasses_the_host_stack_and_still_enforces(phr, tmp_pa
     assert not tcp('b', 'c')
     assert not tcp('a', 'c', port=9090)
     assert not tcp('a', 'b', port=9090)
-    g1, g2 = delta(m1, metrics('node1')), delta(m2, metrics('node2'))
+    g1, g2 = labutil.delta(m1, metrics('node1')), labutil.delta(m2, metrics('node2'))
     assert set(k for k in g2 if k[0]) == {(131, INGRESS, 2), (132, INGRESS, 0)}, g2
     assert set(k for k in g1 if k[0]) == {(132, INGRESS, 0)}, g1
     # The reverse of the one-way rules: c may not open anything to b ...
@@ -294,7 +246,7 @@ def test_bpf_host_routing_bypasses_the_host_stack_and_still_enforces(phr, tmp_pa
         m1 = metrics('node1')
         out = in_ep('a', 'ping', '-n', '-c', '2', '-i', '0.2', '-W', '1', '-I', EPS['b']['ip'], EPS['c']['ip'], check=False)
         assert ' 0 received' in out, out
-        assert delta(m1, metrics('node1')) == {(130, EGRESS, 0): 2}
+        assert labutil.delta(m1, metrics('node1')) == {(130, EGRESS, 0): 2}
     finally:
         in_ep('a', 'ip', 'addr', 'del', EPS['b']['ip'] + '/32', 'dev', 'eth0')
 
@@ -317,7 +269,7 @@ def test_kernel_mode_routes_through_the_kernel_and_enforces_the_same(phr, tmp_pa
     assert fwd['node1'] >= 10 and fwd['node2'] >= 10, fwd
     assert tx['b'] >= 10 and tx['c'] >= 10, tx
     assert not tcp('b', 'c')
-    g2 = delta(m2, metrics('node2'))
+    g2 = labutil.delta(m2, metrics('node2'))
     assert g2.get((131, INGRESS, 2)) and g2.get((0, INGRESS, 0), 0) >= 10, g2
 
 

@@ -14,9 +14,6 @@ re-established only when the previous test did not leave it so.
 """
 import json
 import os
-import subprocess
-import threading
-import time
 
 import labutil
 import pytest
@@ -80,52 +77,14 @@ def desired(**over):
     return m.desired_table(m.spec(params))
 
 
-class Capture(object):
+def underlay_capture():
     """tcpdump on the lab's underlay bridge (in the lab's own namespace), ICMP echo requests only."""
-
-    def __init__(self):
-        # --immediate-mode: each packet reaches us when it is seen, not when a buffer block fills.
-        self.proc = subprocess.Popen(
-            ['nsenter', '--net=/run/netns/%s-ul' % PREFIX, '--', 'tcpdump', '-n', '-l', '-U', '--immediate-mode',
-             '-i', 'br0', 'icmp[icmptype] == icmp-echo'],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if 'listening on' in line or not line:
-                break
-        self.lines = []
-        self.reader = threading.Thread(target=self._read)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def stop(self, until, timeout=3.0):
-        """The capture's output, once until(output) holds (all the expected packets are in) or
-        after timeout: then the test's assertion sees whatever did arrive."""
-        deadline = time.time() + timeout
-        while not until(''.join(self.lines)) and time.time() < deadline:
-            time.sleep(0.02)
-        self.proc.terminate()   # our own tcpdump, by its Popen handle
-        self.proc.wait(timeout=10)
-        self.reader.join(timeout=10)
-        self.proc.stderr.close()
-        return ''.join(self.lines)
+    return labutil.Capture('%s-ul' % PREFIX, 'br0', 'icmp[icmptype] == icmp-echo')
 
 
-def requests_to(out, dst):
-    """The source addresses of the echo requests to dst in tcpdump's output, one per request."""
-    sources = []
-    for line in out.splitlines():
-        # "12:00:00.000000 IP 192.168.50.11 > 192.168.50.1: ICMP echo request, id 1, seq 1, length 64"
-        parts = line.split()
-        if 'IP' in parts and '>' in parts:
-            i = parts.index('IP')
-            if parts[i + 3].rstrip(':') == dst:
-                sources.append(parts[i + 1])
-    return sources
+def requests_to(packets, dst):
+    """The source addresses of the echo requests to dst among the packets, one per request."""
+    return [s for s, d, _what in packets if d == dst]
 
 
 def sources_seen(dst, count=3):
@@ -133,9 +92,9 @@ def sources_seen(dst, count=3):
 
     Each of the `count` requests crosses the bridge once, so the capture stops when it has them all.
     """
-    cap = Capture()
+    cap = underlay_capture()
     pod('ping', '-c', str(count), '-i', '0.2', '-W', '1', dst, check=False)
-    out = cap.stop(until=lambda text: len(requests_to(text, dst)) >= count)
+    out = cap.stop(until=lambda packets: len(requests_to(packets, dst)) >= count)
     return set(requests_to(out, dst))
 
 
@@ -283,9 +242,9 @@ def test_snat_outside_the_cidr_only(lab, baseline, no_table, tmp_path):
     assert '2 received' in pod('ping', '-c', '2', '-i', '0.2', '-W', '1', REMOTE_POD_IP)
     assert rule_counter(our_table()) == after_out
     # node1's own traffic (not from a pod CIDR) is not rewritten either.
-    cap = Capture()
+    cap = underlay_capture()
     n1('ping', '-c', '1', '-W', '1', '192.168.50.12')
-    assert requests_to(cap.stop(until=lambda text: requests_to(text, '192.168.50.12')), '192.168.50.12') == [NODE1_IP]
+    assert requests_to(cap.stop(until=lambda packets: requests_to(packets, '192.168.50.12')), '192.168.50.12') == [NODE1_IP]
 
     rc, out, result = masq(lab, tmp_path, ARGS)
     assert rc == 0 and not result['changed'] and result['plan'] == [], out
