@@ -236,7 +236,7 @@ SLICE = 0.1
 
 def _slices(addresses, seconds):
     """(address, slice end) for each configuration in turn until each had `seconds`."""
-    for _ in range(max(1, int(round(seconds / SLICE)))):
+    for _turn in range(max(1, int(round(seconds / SLICE)))):
         for a in addresses:
             yield a, time.monotonic() + SLICE
 
@@ -404,7 +404,7 @@ def measure(args, servers):
         row = {}
         # Each round starts one configuration further on, so none is always measured first or last.
         gbps = dict((n, []) for n in names)
-        for _ in range(args.seconds):
+        for _second in range(args.seconds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 gbps[name].append(iperf(servers[name]['ip'], 1))
         for name in names:
