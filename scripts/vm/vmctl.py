@@ -30,6 +30,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUN_ROOT = os.environ.get('PODNET_VM_RUN', '/run/podnet-vm')
 QEMU = 'qemu-system-x86_64'
+# The emulated CPU model (PODNET_VM_CPU, default max).
+CPU = os.environ.get('PODNET_VM_CPU', 'max')
 PREFIX_RE = re.compile(r'^[a-z][a-z0-9]{1,7}$')
 
 
@@ -175,7 +177,7 @@ def up(spec, memory, timeout):
                                'mitigations=off', 'audit=0', 'nowatchdog', 'systemd.hostname=' + name,
                                'podnet_vm.underlay=%s/%d' % (vm['ip'], spec.get('underlay_prefixlen', 24))])
             argv = [QEMU, '-name', '%s-%s,process=%s-%s' % (prefix, name, prefix, name),
-                    '-accel', 'tcg,tb-size=256', '-cpu', 'max', '-smp', '1', '-m', str(memory),
+                    '-accel', 'tcg,tb-size=256', '-cpu', CPU, '-smp', '1', '-m', str(memory),
                     '-kernel', os.path.join(image, 'vmlinuz'), '-initrd', os.path.join(image, 'initrd.img'),
                     '-append', append,
                     '-drive', 'file=%s,if=virtio,format=qcow2,cache=unsafe' % overlay,
