@@ -32,8 +32,8 @@ RUN_ROOT = os.environ.get('PODNET_VM_RUN', '/run/podnet-vm')
 QEMU = 'qemu-system-x86_64'
 # The emulated CPU model (PODNET_VM_CPU). qemu64 rather than max: TCG emulates every instruction,
 # and on this kind of machine a guest of the plain x86-64 model booted to ssh in 46 s against 64 s and
-# byte-compiled the same Python packages in 1.9 s against 2.6 s (glibc and Python take the wider
-# code paths `max` offers, which cost TCG more).
+# byte-compiled the same Python packages in 1.9 s against 2.6 s (why was not measured: likely the
+# wider instruction sets `max` offers, which glibc picks and TCG emulates at more cost).
 CPU = os.environ.get('PODNET_VM_CPU', 'qemu64')
 PREFIX_RE = re.compile(r'^[a-z][a-z0-9]{1,7}$')
 
