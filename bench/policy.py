@@ -23,11 +23,12 @@ a destination (no reload between rounds):
 The programs are podnet's, compiled by the bpf_program module with host_routing kernel, so every
 configuration takes the same kernel forwarding path and only the policy differs.
 Per round, the configurations interleaved: iperf3 TCP streams of 1 s, the configurations in turn
-until each had --seconds (each round starts one configuration further on; the mean), then a connection rate (connect, 1-byte request, 1-byte reply, close
-by RST so that no TIME_WAIT socket piles up) and the request/reply latency over one connection (1
-byte each way, median), each a client that takes the configurations in turn in 0.1 s slices until
-each had --seconds (half that for the latency). iperf3's client is on CPU 0 and its server on CPU 1.
-Figures are medians over the rounds; each ratio is the median of the per-round paired ratios (to ebpf-0) with min-max.
+until each had --seconds (each round starts one configuration further on; the mean), then a
+connection rate (connect, 1-byte request, 1-byte reply, close by RST so that no TIME_WAIT socket
+piles up) and the request/reply latency over one connection (1 byte each way, median), each a client
+that takes the configurations in turn in 0.1 s slices until each had --seconds (half that for the
+latency). iperf3's client is on CPU 0 and its server on CPU 1. Figures are medians over the rounds;
+each ratio is the median of the per-round paired ratios (to ebpf-0) with min-max.
 Per-packet cost: BPF_PROG_TEST_RUN of the pinned to_container on a packet from the client to each
 ebpf-N endpoint, 200,000 repetitions per round; the packet is IPv4 protocol 47 (no ports: conntrack
 never tracks it, so every repetition takes the policy lookups, as a connection's first packet does).
@@ -403,9 +404,10 @@ def measure(args, servers):
     for r in range(args.rounds):
         row = {}
         # Each round starts one configuration further on, so none is always measured first or last.
+        order = names[r % len(names):] + names[:r % len(names)]
         gbps = dict((n, []) for n in names)
         for _second in range(args.seconds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in order:
                 gbps[name].append(iperf(servers[name]['ip'], 1))
         for name in names:
             row[name] = {'gbps': statistics.mean(gbps[name])}
